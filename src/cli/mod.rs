@@ -1,0 +1,64 @@
+//! The command line: one file per subcommand, the same engine calls as the explorer.
+
+pub mod bar;
+pub mod codes;
+pub mod dataspec;
+pub mod import;
+pub mod models;
+pub mod train;
+
+use clap::{Parser, Subcommand};
+
+/// latent-atlas: compare the latent spaces of generative models.
+///
+/// Without a subcommand it will open the explorer (not built yet: prints this help).
+#[derive(Debug, Parser)]
+#[command(name = "latent-atlas", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// All subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model (VAE, Split-VAE, GAN, or the recoder of a GAN) on a dataset.
+    Train(train::TrainArgs),
+    /// List the models of the zoo with latent sizes and measured quality.
+    Models(models::ModelsArgs),
+    /// Decode random latent codes of a model into a PNG grid.
+    Sample(models::SampleArgs),
+    /// Measure a model's held-out reconstruction quality (R-MSE) and store it in its config.
+    Eval(models::EvalArgs),
+    /// Encode images of a dataset into latent codes (.npy, float32, N x d) plus their sample ids.
+    Encode(codes::EncodeArgs),
+    /// Decode latent codes from a float32 .npy (N x d) into PNGs and, with --npy, an image .npy.
+    Decode(codes::DecodeArgs),
+    /// Write a reconstruction grid (originals above reconstructions) for held-out images.
+    Recon(models::ReconArgs),
+    /// Show a dataset's size, splits and skipped files.
+    Data(models::DataArgs),
+    /// Convert the gan-face-generate 1.1.1 PyTorch checkpoint into a model directory.
+    ImportRefdcgan(import::ImportArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Models(a)) => models::run_models(a),
+        Some(Command::Sample(a)) => models::run_sample(a),
+        Some(Command::Eval(a)) => models::run_eval(a),
+        Some(Command::Encode(a)) => codes::run_encode(a),
+        Some(Command::Decode(a)) => codes::run_decode(a),
+        Some(Command::Recon(a)) => models::run_recon(a),
+        Some(Command::Data(a)) => models::run_data(a),
+        Some(Command::ImportRefdcgan(a)) => import::run(a),
+    }
+}

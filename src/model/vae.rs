@@ -1,0 +1,118 @@
+//! The paper's vanilla VAE (appendix A.2), scaled to train on two CPU cores, and the conv
+//! encoder/decoder that the GAN generator and the recoders share with it.
+//!
+//! Encoder: four 4x4 stride-2 convs (c, 2c, 4c, 8c channels; 64→4 pixels) with leaky ReLU
+//! (α = 0.2), flattened, then dense layers. Decoder: dense to 8c x 4 x 4, four 4x4 stride-2
+//! transposed convs (4c, 2c, c, c/2) with leaky ReLU, and a 3x3 conv to RGB with a sigmoid.
+//! The paper's dropout layer is left out (it regularises the GAN discriminator, not the VAE).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::conv::ConvGeom;
+use super::layers::{leaky, linear, Conv, ConvT};
+
+/// Down-sampling conv stack: `[n, 3, 64, 64]` → `[n, 8c * 16]` features.
+#[derive(Clone, Debug)]
+pub struct ConvEncoder {
+    convs: Vec<Conv>,
+}
+
+impl ConvEncoder {
+    /// Variables `c0..c3` under `vb`.
+    pub fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+        let widths = [3, c, 2 * c, 4 * c, 8 * c];
+        let convs = (0..4)
+            .map(|i| Conv::new(vb.pp(format!("c{i}")), widths[i], widths[i + 1], 4, 2, 1))
+            .collect::<Result<_>>()?;
+        Ok(Self { convs })
+    }
+    /// Number of output features for base width `c`.
+    pub fn features(c: usize) -> usize {
+        8 * c * 16
+    }
+    /// `[n, 3, 64, 64]` → `[n, 8c·16]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for conv in &self.convs {
+            h = leaky(&conv.forward(&h)?)?;
+        }
+        h.flatten_from(1)
+    }
+}
+
+/// Up-sampling stack: `[n, d]` → `[n, 3, 64, 64]` in [0, 1] (sigmoid), or the 64x64 feature
+/// map before the output conv via [`ConvDecoder::features`].
+#[derive(Clone, Debug)]
+pub struct ConvDecoder {
+    dense: candle_nn::Linear,
+    ups: Vec<ConvT>,
+    out: Conv,
+    c: usize,
+}
+
+impl ConvDecoder {
+    /// Variables `fc`, `t0..t3`, `out` under `vb`; `out_channels` is 3 for images.
+    pub fn new(vb: VarBuilder, latent_dim: usize, c: usize, out_channels: usize) -> Result<Self> {
+        let dense = linear(vb.pp("fc"), latent_dim, 8 * c * 16)?;
+        let widths = [8 * c, 4 * c, 2 * c, c, c / 2];
+        let g = ConvGeom {
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+        };
+        let ups = (0..4)
+            .map(|i| ConvT::new(vb.pp(format!("t{i}")), widths[i], widths[i + 1], g, true))
+            .collect::<Result<_>>()?;
+        let out = Conv::new(vb.pp("out"), c / 2, out_channels, 3, 1, 1)?;
+        Ok(Self { dense, ups, out, c })
+    }
+    /// `[n, d]` → raw output-conv logits `[n, out_channels, 64, 64]`.
+    pub fn logits(&self, z: &Tensor) -> Result<Tensor> {
+        let n = z.dim(0)?;
+        let mut h = leaky(&self.dense.forward(z)?)?.reshape((n, 8 * self.c, 4, 4))?;
+        for up in &self.ups {
+            h = leaky(&up.forward(&h)?)?;
+        }
+        self.out.forward(&h)
+    }
+    /// `[n, d]` → images `[n, 3, 64, 64]` in [0, 1].
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::sigmoid(&self.logits(z)?)
+    }
+}
+
+/// Vanilla VAE: `enc.*` (conv stack, `mean`, `logvar`) and `dec.*`.
+#[derive(Clone, Debug)]
+pub struct Vae {
+    enc: ConvEncoder,
+    mean: candle_nn::Linear,
+    logvar: candle_nn::Linear,
+    dec: ConvDecoder,
+}
+
+impl Vae {
+    /// Builds the VAE with latent dimension `d` and base width `c`.
+    pub fn new(vb: VarBuilder, d: usize, c: usize) -> Result<Self> {
+        let enc = ConvEncoder::new(vb.pp("enc"), c)?;
+        let f = ConvEncoder::features(c);
+        let mean = linear(vb.pp("enc").pp("mean"), f, d)?;
+        let logvar = linear(vb.pp("enc").pp("logvar"), f, d)?;
+        let dec = ConvDecoder::new(vb.pp("dec"), d, c, 3)?;
+        Ok(Self {
+            enc,
+            mean,
+            logvar,
+            dec,
+        })
+    }
+    /// `[n, 3, 64, 64]` → (mean `[n, d]`, log-variance `[n, d]`).
+    pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.enc.forward(x)?;
+        Ok((self.mean.forward(&h)?, self.logvar.forward(&h)?))
+    }
+    /// `[n, d]` → `[n, 3, 64, 64]` in [0, 1].
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.dec.forward(z)
+    }
+}

@@ -1,0 +1,153 @@
+//! The fast CPU conv kernels must agree with candle's native ops: outputs and gradients.
+
+use candle_core::{Device, Tensor, Var};
+use latent_atlas::model::activation::leaky_relu;
+use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    // small deterministic pseudo-random values
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+const GEOMS: [(usize, usize, usize); 4] = [(4, 2, 1), (3, 1, 1), (4, 1, 0), (5, 2, 2)];
+
+#[test]
+fn conv2d_matches_native_forward_and_gradients() {
+    for (i, &(k, s, p)) in GEOMS.iter().enumerate() {
+        let g = ConvGeom {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+        let x = Var::from_tensor(&rand(&[3, 5, 12, 12], i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[7, 5, k, k], 100 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
+        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
+        // gradients of a weighted sum
+        let r = rand(ours.dims(), 7);
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gn = (native * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
+            "grad x {g:?}"
+        );
+        assert!(
+            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
+            "grad w {g:?}"
+        );
+    }
+}
+
+#[test]
+fn conv_transpose2d_matches_native_forward_and_gradients() {
+    for (i, &(k, s, p)) in [(4, 2, 1), (4, 1, 0), (3, 1, 1)].iter().enumerate() {
+        let g = ConvGeom {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+        let x = Var::from_tensor(&rand(&[2, 6, 5, 5], 20 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[6, 4, k, k], 200 + i as u64)).unwrap();
+        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x
+            .as_tensor()
+            .conv_transpose2d(w.as_tensor(), p, 0, s, 1)
+            .unwrap();
+        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
+        let r = rand(ours.dims(), 9);
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gn = (native * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
+            "grad x {g:?}"
+        );
+        assert!(
+            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
+            "grad w {g:?}"
+        );
+    }
+}
+
+#[test]
+fn batch_of_one_uses_the_same_kernels() {
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let x = rand(&[1, 8, 16, 16], 3);
+    let w = rand(&[8, 4, 4, 4], 4);
+    let ours = conv_transpose2d(&x, &w, g).unwrap();
+    let native = x.conv_transpose2d(&w, 1, 0, 2, 1).unwrap();
+    assert!(max_diff(&ours, &native) < 1e-4);
+}
+
+#[test]
+fn leaky_relu_matches_reference_with_gradient() {
+    let x = Var::from_tensor(&rand(&[4, 3, 9, 9], 5)).unwrap();
+    let ours = leaky_relu(x.as_tensor(), 0.2).unwrap();
+    let reference = x
+        .as_tensor()
+        .maximum(&(x.as_tensor() * 0.2).unwrap())
+        .unwrap();
+    assert!(max_diff(&ours, &reference) < 1e-7);
+    let r = rand(ours.dims(), 6);
+    let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (reference * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6);
+}
+
+#[test]
+fn wrong_shapes_are_errors_not_panics() {
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let x = rand(&[1, 3, 8, 8], 1);
+    let w = rand(&[4, 5, 4, 4], 2);
+    assert!(conv2d(&x, &w, g).is_err());
+    assert!(conv2d(&x.to_dtype(candle_core::DType::F64).unwrap(), &w, g).is_err());
+}
