@@ -129,6 +129,13 @@ fn cached_builds_once_and_rebuilds_a_bad_cache() {
         Err(DataError::InvalidOption("boom".to_string()))
     });
     assert!(err.is_err());
+
+    // A built dataset with another id is stored and returned under the cache key.
+    let key = "test:key";
+    let built = cached(key, || Ok(sample_dataset(2))).unwrap();
+    assert_eq!(built.id, key);
+    let again = cached(key, || panic!("should come from the cache")).unwrap();
+    assert!(again == built);
 }
 
 #[test]

@@ -74,7 +74,7 @@ pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
         "folder" => {
             let dir = std::fs::canonicalize(rest).with_context(|| format!("no such folder: {rest}"))?;
             let opts = FolderOptions { crop: Crop::Center, on_bad_image, test_fraction: 0.1, limit: None };
-            let id = format!("folder:{}:center", dir.display());
+            let id = data::folder::folder_dataset_id(&dir, &opts);
             let cb = bar.callback();
             Ok(data::cached(&id, || data::load_folder(&dir, &opts, Some(&cb)))?)
         }
@@ -89,7 +89,7 @@ pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
                 Some(c) => bail!("celeba: unknown crop `{c}` (paper or hq)"),
             };
             let opts = CelebaOptions { crop, limit, on_bad_image };
-            let id = format!("celeba:{}:first={}:crop={:?}", root.display(), limit.map(|l| l.to_string()).unwrap_or("all".into()), crop);
+            let id = data::celeba::celeba_dataset_id(&root, &opts);
             let cb = bar.callback();
             Ok(data::cached(&id, || data::load_celeba(&root, &opts, Some(&cb)))?)
         }
