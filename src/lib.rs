@@ -6,5 +6,7 @@
 pub mod cli;
 pub mod data;
 pub mod grid;
+pub mod latent;
 pub mod model;
 pub mod progress;
+pub mod zoo;

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LA=${LA:-target/release/latent-atlas}
 mkdir -p runs
+while pgrep -f "latent-atlas train|la-train train" >/dev/null; do sleep 20; done
 ship() { # ship NAME RUN_DIR
   local dst=assets/models/$1; mkdir -p "$dst"
   cp "$2/config.json" "$2/model.safetensors" "$dst/"
@@ -23,13 +24,13 @@ step() { # step NAME ARGS... : trains unless runs/NAME/DONE exists
 }
 step vae-a --model vae --data synthfaces --latent-dim 64 --seed 1 --epochs 12
 ship vae-a runs/vae-a
-step svae --model svae --data synthfaces --latent-dim 128 --seed 3 --epochs 10
-ship svae runs/svae
-step gan-a-gen --model gan --data synthfaces --latent-dim 64 --seed 4 --epochs 10 --name gan-a
-step gan-a --model recoder --generator runs/gan-a-gen --data synthfaces --seed 5 --epochs 3 --steps-per-epoch 500 --name gan-a
-ship gan-a runs/gan-a; cp runs/gan-a-gen/samples/samples_010.png assets/models/gan-a/samples.png 2>/dev/null || true
-step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 3 --steps-per-epoch 500 --name refdcgan
-ship refdcgan runs/refdcgan
-step vae-b --model vae --data synthfaces --latent-dim 64 --seed 2 --epochs 12
+step vae-b --model vae --data synthfaces --latent-dim 64 --seed 2 --epochs 10
 ship vae-b runs/vae-b
+step svae --model svae --data synthfaces --latent-dim 128 --seed 3 --epochs 8
+ship svae runs/svae
+step gan-a-gen --model gan --data synthfaces --latent-dim 64 --seed 4 --epochs 8 --name gan-a
+step gan-a --model recoder --generator runs/gan-a-gen --data synthfaces --seed 5 --epochs 2 --steps-per-epoch 400 --name gan-a
+ship gan-a runs/gan-a; cp "$(ls runs/gan-a-gen/samples/samples_*.png | tail -1)" assets/models/gan-a/samples.png
+step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 2 --steps-per-epoch 400 --name refdcgan
+ship refdcgan runs/refdcgan
 echo "== zoo done"

@@ -48,3 +48,15 @@ impl Progress for Bar {
         self.0.finish_with_message(message.to_string());
     }
 }
+
+/// Loads a dataset spec with a terminal bar while it is preprocessed or generated.
+pub fn load_data(
+    spec: &str,
+    on_bad_image: crate::data::OnBadImage,
+) -> anyhow::Result<crate::data::Dataset> {
+    let bar = Bar::new();
+    let cb = bar.callback();
+    let ds = crate::zoo::load_data_with_progress(spec, on_bad_image, &cb)?;
+    bar.0.finish_and_clear();
+    Ok(ds)
+}

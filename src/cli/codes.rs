@@ -6,10 +6,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
-use super::dataspec::{load_data, load_model};
+use super::bar::load_data;
 use crate::data::{OnBadImage, Split};
 use crate::model::device::parse_device;
 use crate::model::LatentModel;
+use crate::zoo::load_model;
 
 /// Encode a dataset (or some of its samples) into codes.
 #[derive(Debug, Args)]
@@ -126,6 +127,39 @@ pub struct DecodeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// Reads an N x d float32 .npy of any width, checking dtype, rank and finiteness.
+pub fn read_codes_any(path: &Path) -> Result<Tensor> {
+    if !path.exists() {
+        bail!("no such file: {}", path.display());
+    }
+    let t = Tensor::read_npy(path)
+        .with_context(|| format!("not a readable .npy file: {}", path.display()))?;
+    if t.dtype() != DType::F32 {
+        bail!(
+            "codes must be float32, got {:?}: {}",
+            t.dtype(),
+            path.display()
+        );
+    }
+    let (_, d) = t.dims2().with_context(|| {
+        format!(
+            "codes must be a 2-D N x d array, got {:?}: {}",
+            t.dims(),
+            path.display()
+        )
+    })?;
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "codes contain a non-finite value at row {}, column {}: {}",
+            i / d.max(1),
+            i % d.max(1),
+            path.display()
+        );
+    }
+    Ok(t)
 }
 
 /// Reads an N x d float32 .npy and checks it against the model.

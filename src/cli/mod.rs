@@ -1,10 +1,13 @@
 //! The command line: one file per subcommand, the same engine calls as the explorer.
 
+pub mod analysis;
 pub mod bar;
+pub mod bench;
 pub mod codes;
-pub mod dataspec;
 pub mod import;
 pub mod models;
+pub mod relocate;
+pub mod table;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +44,22 @@ pub enum Command {
     Data(models::DataArgs),
     /// Convert the gan-face-generate 1.1.1 PyTorch checkpoint into a model directory.
     ImportRefdcgan(import::ImportArgs),
+    /// Reconstruction gain of every latent variable (paper §5.1).
+    Gain(analysis::GainArgs),
+    /// Sector occupancy of the most informative variables as the threshold grows (§5.3).
+    Sectors(analysis::SectorsArgs),
+    /// Build a support set (sector extremes) or a baseline anchor set; save it as JSON.
+    SupportSet(analysis::SupportArgs),
+    /// Fit a map between two models (or two code files) and measure it on held-out samples.
+    Fit(relocate::FitArgs),
+    /// The Table-2 matrix for all ordered pairs of the zoo.
+    Table(table::TableArgs),
+    /// The paper's Fig. 2: originals, source reconstructions, target decodings after relocation.
+    Montage(relocate::MontageArgs),
+    /// Out-of-range check (§7): R-MSE on the training distribution vs real faces and support sets.
+    Ood(analysis::OodArgs),
+    /// Benchmark training, encoding, decoding and map fits against PyTorch (idle machine!).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -60,5 +79,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Recon(a)) => models::run_recon(a),
         Some(Command::Data(a)) => models::run_data(a),
         Some(Command::ImportRefdcgan(a)) => import::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Gain(a)) => analysis::run_gain(a),
+        Some(Command::Sectors(a)) => analysis::run_sectors(a),
+        Some(Command::SupportSet(a)) => analysis::run_support(a),
+        Some(Command::Fit(a)) => relocate::run_fit(a),
+        Some(Command::Table(a)) => table::run(a),
+        Some(Command::Montage(a)) => relocate::run_montage(a),
+        Some(Command::Ood(a)) => analysis::run_ood(a),
     }
 }

@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
-use super::dataspec::{load_data, load_model, zoo_dir};
+use super::bar::load_data;
 use crate::data::OnBadImage;
 use crate::model::device::parse_device;
 use crate::model::{quality, LatentModel};
+use crate::zoo::{load_model, zoo_dir};
 
 /// List the zoo.
 #[derive(Debug, Args)]
@@ -20,6 +21,26 @@ pub struct ModelsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print a Markdown table (for READMEs).
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+fn training_field(c: &crate::model::ModelConfig, key: &str) -> Option<f64> {
+    let t = c.training.as_ref()?;
+    t.get(key).and_then(|v| v.as_f64()).or_else(|| {
+        t.get("recoder")
+            .and_then(|r| r.get(key))
+            .and_then(|v| v.as_f64())
+    })
+}
+
+fn recoder_secs(c: &crate::model::ModelConfig) -> Option<f64> {
+    c.training
+        .as_ref()?
+        .get("recoder")?
+        .get("train_secs")?
+        .as_f64()
 }
 
 /// Runs `models`.
@@ -31,46 +52,65 @@ pub fn run_models(a: ModelsArgs) -> Result<()> {
         .filter(|p| p.join(crate::model::store::CONFIG_FILE).exists())
         .collect();
     dirs.sort();
-    let mut rows = Vec::new();
-    for d in &dirs {
-        let cfg = crate::model::store::read_config(d)?;
-        rows.push(cfg);
-    }
+    let rows = dirs
+        .iter()
+        .map(|d| crate::model::store::read_config(d))
+        .collect::<Result<Vec<_>, _>>()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<14} {:<9} {:>6} {:>9} {:>8} {:>9} {:>9}",
-        "model", "family", "latent", "R-MSE", "ratio", "train s", "img/s"
-    );
+    let header = [
+        "model",
+        "family",
+        "latent",
+        "R-MSE",
+        "ratio",
+        "train s",
+        "recoder s",
+        "img/s",
+    ];
+    let print_row = |cells: &[String]| {
+        if a.markdown {
+            println!("| {} |", cells.join(" | "));
+        } else {
+            let w = [12, 9, 6, 9, 7, 8, 9, 7];
+            let line: Vec<String> = cells
+                .iter()
+                .zip(w)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i < 2 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect();
+            println!("{}", line.join(" "));
+        }
+    };
+    print_row(&header.map(String::from));
+    if a.markdown {
+        println!("|{}", "---|".repeat(header.len()));
+    }
+    let fmt = |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or("-".into());
     for c in rows {
-        let (r, ratio) = c
-            .quality
+        let own_secs = c
+            .training
             .as_ref()
-            .map(|q| (format!("{:.5}", q.r_mse), format!("{:.3}", q.ratio())))
-            .unwrap_or(("-".into(), "-".into()));
-        let t = c.training.as_ref();
-        let secs = t
             .and_then(|t| t.get("train_secs"))
-            .and_then(|v| v.as_f64())
-            .map(|v| format!("{v:.0}"))
-            .unwrap_or("-".into());
-        let ips = t
-            .and_then(|t| t.get("images_per_sec"))
-            .and_then(|v| v.as_f64())
-            .map(|v| format!("{v:.1}"))
-            .unwrap_or("-".into());
-        println!(
-            "{:<14} {:<9} {:>6} {:>9} {:>8} {:>9} {:>9}",
-            c.name,
+            .and_then(|v| v.as_f64());
+        print_row(&[
+            c.name.clone(),
             c.family.to_string(),
-            c.latent_dim,
-            r,
-            ratio,
-            secs,
-            ips
-        );
+            c.latent_dim.to_string(),
+            fmt(c.quality.as_ref().map(|q| q.r_mse), 5),
+            fmt(c.quality.as_ref().map(|q| q.ratio()), 3),
+            fmt(own_secs, 0),
+            fmt(recoder_secs(&c), 0),
+            fmt(training_field(&c, "images_per_sec"), 1),
+        ]);
     }
     Ok(())
 }
@@ -135,7 +175,7 @@ pub struct EvalArgs {
 
 /// Runs `eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let dir = super::dataspec::model_dir(&a.model)?;
+    let dir = crate::zoo::model_dir(&a.model)?;
     let mut model = crate::model::load_model(&dir, &candle_core::Device::Cpu)?;
     let data = load_data(&a.data, OnBadImage::Skip)?;
     let q = quality::evaluate(&model, &data, a.max_images)?;

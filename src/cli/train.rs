@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::bar::load_data;
 use super::bar::Bar;
-use super::dataspec::load_data;
 use crate::data::OnBadImage;
 use crate::model::device::parse_device;
 use crate::model::train::{train, TrainKind, TrainOptions};
@@ -77,7 +77,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let data = load_data(&a.data, on_bad)?;
     let generator = match &a.generator {
-        Some(g) => Some(super::dataspec::model_dir(g)?),
+        Some(g) => Some(crate::zoo::model_dir(g)?),
         None => None,
     };
     let name = a.name.clone().unwrap_or_else(|| {

@@ -1,4 +1,5 @@
-//! Parsing `--data` specs and loading datasets (cached on disk after the first load).
+//! The shipped zoo and dataset specs: resolving `--model` names and `--data` specs, shared by
+//! the command line and the explorer. Datasets are cached on disk after the first load.
 //!
 //! Specs: `synthfaces` (12,000 images, seed 0) or `synthfaces:n=N:seed=S`; `orl`;
 //! `folder:PATH` (centre crop); `celeba:ROOT` with optional `:first=N` and `:crop=hq`.
@@ -7,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::bar::Bar;
 use crate::data::{
     self, synthfaces, CelebaCrop, CelebaOptions, Crop, Dataset, FolderOptions, OnBadImage,
 };
@@ -55,7 +55,15 @@ fn kv<'a>(parts: &'a [&'a str], key: &str) -> Option<&'a str> {
 
 /// Loads the dataset named by `spec`, from the cache when it was built before.
 pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
-    let bar = Bar::new();
+    load_data_with_progress(spec, on_bad_image, &|_, _| {})
+}
+
+/// Like [`load_data`], reporting `(done, total)` images while preprocessing or generating.
+pub fn load_data_with_progress(
+    spec: &str,
+    on_bad_image: OnBadImage,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Dataset> {
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
         "synthfaces" => {
@@ -66,8 +74,7 @@ pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
             Ok(data::cached(&id, || {
                 let gen = load_model("refdcgan", &candle_core::Device::Cpu)
                     .map_err(|e| data::DataError::InvalidOption(format!("cannot load the reference DCGAN: {e:#}")))?;
-                let cb = bar.callback();
-                synthfaces::generate(&gen, num, seed, Some(&cb))
+                                synthfaces::generate(&gen, num, seed, Some(progress))
             })?)
         }
         "orl" => Ok(data::orl()?),
@@ -75,8 +82,7 @@ pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
             let dir = std::fs::canonicalize(rest).with_context(|| format!("no such folder: {rest}"))?;
             let opts = FolderOptions { crop: Crop::Center, on_bad_image, test_fraction: 0.1, limit: None };
             let id = data::folder::folder_dataset_id(&dir, &opts);
-            let cb = bar.callback();
-            Ok(data::cached(&id, || data::load_folder(&dir, &opts, Some(&cb)))?)
+                        Ok(data::cached(&id, || data::load_folder(&dir, &opts, Some(progress)))?)
         }
         "celeba" => {
             let mut parts = rest.split(':');
@@ -90,8 +96,7 @@ pub fn load_data(spec: &str, on_bad_image: OnBadImage) -> Result<Dataset> {
             };
             let opts = CelebaOptions { crop, limit, on_bad_image };
             let id = data::celeba::celeba_dataset_id(&root, &opts);
-            let cb = bar.callback();
-            Ok(data::cached(&id, || data::load_celeba(&root, &opts, Some(&cb)))?)
+                        Ok(data::cached(&id, || data::load_celeba(&root, &opts, Some(progress)))?)
         }
         _ => bail!("unknown dataset `{spec}` (synthfaces[:n=N:seed=S], orl, folder:PATH, celeba:ROOT[:first=N][:crop=hq])"),
     }

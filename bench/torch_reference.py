@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""PyTorch side of `latent-atlas bench`: the same architectures, losses and batch sizes as
+src/model (VAE, Split-VAE, GAN step, recoder), timed on the CPU with the same thread count.
+Prints one JSON object. PyTorch is needed for benchmarking only, never at run time.
+
+    python bench/torch_reference.py --threads 2 [--quick] [--channels-last]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def leaky(x):
+    return F.leaky_relu(x, 0.2)
+
+
+class Encoder(nn.Module):
+    """Four 4x4 stride-2 convs c, 2c, 4c, 8c with leaky ReLU; optional residual blocks."""
+
+    def __init__(self, c=32, res=False):
+        super().__init__()
+        w = [3, c, 2 * c, 4 * c, 8 * c]
+        self.convs = nn.ModuleList([nn.Conv2d(w[i], w[i + 1], 4, 2, 1) for i in range(4)])
+        self.res = nn.ModuleDict({"1": nn.Conv2d(2 * c, 2 * c, 3, 1, 1), "2": nn.Conv2d(4 * c, 4 * c, 3, 1, 1)}) if res else None
+
+    def forward(self, x):
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = leaky(conv(h))
+            if self.res is not None and str(i) in self.res:
+                h = h + self.res[str(i)](leaky(h))
+        return h.flatten(1)
+
+
+class Decoder(nn.Module):
+    """Dense to 8c x 4 x 4, four 4x4 stride-2 transposed convs, 3x3 conv out."""
+
+    def __init__(self, d, c=32, out=3, res=False):
+        super().__init__()
+        self.c = c
+        self.fc = nn.Linear(d, 8 * c * 16)
+        w = [8 * c, 4 * c, 2 * c, c, c // 2]
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(w[i], w[i + 1], 4, 2, 1) for i in range(4)])
+        self.res = nn.ModuleDict({"1": nn.Conv2d(2 * c, 2 * c, 3, 1, 1), "2": nn.Conv2d(c, c, 3, 1, 1)}) if res else None
+        self.out = nn.Conv2d(c // 2, out, 3, 1, 1)
+
+    def forward(self, z):
+        h = leaky(self.fc(z)).view(-1, 8 * self.c, 4, 4)
+        for i, up in enumerate(self.ups):
+            h = leaky(up(h))
+            if self.res is not None and str(i) in self.res:
+                h = h + self.res[str(i)](leaky(h))
+        return torch.sigmoid(self.out(h))
+
+
+class Vae(nn.Module):
+    def __init__(self, d=64, c=32, split=False):
+        super().__init__()
+        self.split = split
+        self.enc = Encoder(c, res=split)
+        self.mean = nn.Linear(8 * c * 16, d)
+        self.logvar = nn.Linear(8 * c * 16, d)
+        self.dec = Decoder(d, c, 7 if split else 3, res=split)
+
+    def encode(self, x):
+        h = self.enc(x)
+        return self.mean(h), self.logvar(h)
+
+    def decode(self, z):
+        y = self.dec(z)
+        if not self.split:
+            return y
+        x1, x2, s = y[:, 0:3], y[:, 3:6], y[:, 6:7]
+        return s * x1 + (1 - s) * x2
+
+
+class Head(nn.Module):
+    def __init__(self, out, c=32):
+        super().__init__()
+        self.body = Encoder(c)
+        self.head = nn.Linear(8 * c * 16, out)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def fmt(t, cl):
+    return t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t
+
+
+def timeit(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--channels-last", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cl = a.channels_last
+    rep = 3 if a.quick else 7
+    out = {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(), "channels_last": cl}
+    b = 64
+    x = fmt(torch.rand(b, 3, 64, 64), cl)
+
+    def vae_step(model, opt, d):
+        gamma = [0.01]
+
+        def step():
+            mu, lv = model.encode(x)
+            z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)
+            xr = model.decode(z)
+            rec = ((xr - x) ** 2).sum() / b
+            kl = 0.5 * (mu ** 2 + lv.exp() - 1 - lv).sum() / b
+            loss = (rec / (2 * gamma[0]) + kl) / (3 * 64 * 64)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    for name, split, d in [("vae", False, 64), ("svae", True, 128)]:
+        m = Vae(d, split=split)
+        if cl:
+            m = m.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(m.parameters(), 1e-3)
+        out[f"train_{name}_img_s"] = b / timeit(vae_step(m, opt, d), rep)
+
+    gen, disc = Decoder(64), Head(1)
+    if cl:
+        gen, disc = gen.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
+    og = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
+    od = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
+
+    def gan_step():
+        z = torch.randn(b, 64)
+        fake = gen(z)
+        ld = F.softplus(-disc(x)).mean() + F.softplus(disc(fake.detach())).mean()
+        od.zero_grad(set_to_none=True)
+        ld.backward()
+        od.step()
+        lg = F.softplus(-disc(fake)).mean()
+        og.zero_grad(set_to_none=True)
+        lg.backward()
+        og.step()
+
+    out["train_gan_img_s"] = b / timeit(gan_step, rep)
+
+    rec = Head(64)
+    if cl:
+        rec = rec.to(memory_format=torch.channels_last)
+    orr = torch.optim.Adam(rec.parameters(), 1e-3)
+
+    def rec_step():
+        z = torch.randn(b, 64)
+        with torch.no_grad():
+            xg = gen(z)
+        loss = ((rec(xg) - z) ** 2).mean()
+        orr.zero_grad(set_to_none=True)
+        loss.backward()
+        orr.step()
+
+    out["train_recoder_img_s"] = b / timeit(rec_step, rep)
+
+    vae = Vae(64).eval()
+    if cl:
+        vae = vae.to(memory_format=torch.channels_last)
+    x256 = fmt(torch.rand(256, 3, 64, 64), cl)
+    z256 = torch.randn(256, 64)
+    z1 = torch.randn(1, 64)
+    with torch.no_grad():
+        out["encode_b256_img_s"] = 256 / timeit(lambda: vae.encode(x256), rep)
+        out["decode_b256_img_s"] = 256 / timeit(lambda: vae.decode(z256), rep)
+        out["decode_b1_ms"] = 1000 * timeit(lambda: vae.decode(z1), 5 * rep, warmup=5)
+
+    rng = np.random.default_rng(0)
+    for n, key in [(150, "lstsq_150_ms"), (200_000, "lstsq_200k_ms")]:
+        X = rng.standard_normal((n, 64)).astype(np.float32)
+        Y = rng.standard_normal((n, 150)).astype(np.float32)
+        out[key] = 1000 * timeit(lambda: np.linalg.solve(X.T @ X, X.T @ Y), rep)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+//! `latent-atlas bench`: our throughput against PyTorch's on the same architectures
+//! (bench/torch_reference.py), printed as a table of ratios. Run it on an idle machine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use nalgebra::DMatrix;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+
+use crate::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
+use crate::latent::estimators::{target_from_source, Estimator};
+use crate::model::train::{train, TrainKind, TrainOptions};
+use crate::model::{save_model, Family, LatentModel, Model, ModelConfig};
+use crate::progress::{Cancel, NoProgress};
+
+/// Benchmark training, encoding, decoding and map fits against PyTorch.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Python interpreter with torch and numpy for the reference side (skipped when absent).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Fewer repeats (a rough figure in a minute or two).
+    #[arg(long)]
+    pub quick: bool,
+    /// Do not run the PyTorch side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Also write all figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_median(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        f()?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+fn random_dataset(n: usize) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    Dataset {
+        id: format!("bench:random:{n}"),
+        sample_ids: (0..n).map(|i| format!("r{i}")).collect(),
+        splits: (0..n)
+            .map(|i| {
+                if i % 10 == 0 {
+                    Split::Test
+                } else {
+                    Split::Train
+                }
+            })
+            .collect(),
+        pixels: (0..n * IMAGE_LEN).map(|_| rng.random()).collect(),
+        info: SampleInfo::default(),
+        skipped: Vec::new(),
+    }
+}
+
+/// Images/s of the real training loop: the second of two short epochs (the first warms up).
+fn train_throughput(
+    kind: TrainKind,
+    data: &Dataset,
+    steps: usize,
+    generator: Option<PathBuf>,
+) -> Result<f64> {
+    let out = tempfile::tempdir()?;
+    let opts = TrainOptions {
+        kind,
+        name: format!("bench-{kind:?}"),
+        latent_dim: if kind == TrainKind::Svae { 128 } else { 64 },
+        base_channels: 32,
+        seed: 0,
+        epochs: 2,
+        batch_size: 64,
+        lr: 1e-3,
+        steps_per_epoch: Some(steps),
+        max_steps: None,
+        generator,
+        dataset_id: data.id.clone(),
+    };
+    let report = train(
+        &opts,
+        data,
+        out.path(),
+        &Device::Cpu,
+        false,
+        &NoProgress,
+        &Cancel::new(),
+    )?;
+    Ok(report
+        .state
+        .history
+        .last()
+        .map(|h| h.images_per_sec)
+        .unwrap_or(0.0))
+}
+
+fn ours(quick: bool) -> Result<Map<String, Value>> {
+    let mut m = Map::new();
+    let steps = if quick { 3 } else { 8 };
+    let data = random_dataset(64 * steps * 2 + 64);
+    eprintln!("training throughput (batch 64)...");
+    m.insert(
+        "train_vae_img_s".into(),
+        json!(train_throughput(TrainKind::Vae, &data, steps, None)?),
+    );
+    m.insert(
+        "train_svae_img_s".into(),
+        json!(train_throughput(TrainKind::Svae, &data, steps, None)?),
+    );
+    m.insert(
+        "train_gan_img_s".into(),
+        json!(train_throughput(TrainKind::Gan, &data, steps, None)?),
+    );
+    let gan_dir = tempfile::tempdir()?;
+    save_model(
+        &Model::new(
+            ModelConfig::new("bench-gan", Family::Gan, 64),
+            &Device::Cpu,
+            0,
+            false,
+        )?,
+        gan_dir.path(),
+        false,
+    )?;
+    m.insert(
+        "train_recoder_img_s".into(),
+        json!(train_throughput(
+            TrainKind::Recoder,
+            &data,
+            steps,
+            Some(gan_dir.path().to_path_buf())
+        )?),
+    );
+
+    eprintln!("encode / decode...");
+    let vae = Model::new(
+        ModelConfig::new("bench-vae", Family::Vae, 64),
+        &Device::Cpu,
+        0,
+        false,
+    )?;
+    let rep = if quick { 3 } else { 7 };
+    let idx: Vec<usize> = (0..256).collect();
+    let x = data.batch(&idx, &Device::Cpu)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let z256 = Tensor::from_vec(
+        (0..256 * 64)
+            .map(|_| rng.sample(rand_distr::StandardNormal))
+            .collect::<Vec<f32>>(),
+        (256, 64),
+        &Device::Cpu,
+    )?;
+    let z1 = z256.narrow(0, 0, 1)?;
+    m.insert(
+        "encode_b256_img_s".into(),
+        json!(256.0 / time_median(rep, 2, || Ok(vae.encode(&x).map(drop)?))?),
+    );
+    m.insert(
+        "decode_b256_img_s".into(),
+        json!(256.0 / time_median(rep, 2, || Ok(vae.decode(&z256).map(drop)?))?),
+    );
+    m.insert(
+        "decode_b1_ms".into(),
+        json!(1000.0 * time_median(5 * rep, 5, || Ok(vae.decode(&z1).map(drop)?))?),
+    );
+
+    eprintln!("map fits...");
+    for (n, key) in [(150usize, "lstsq_150_ms"), (200_000, "lstsq_200k_ms")] {
+        let xs = DMatrix::<f32>::from_fn(n, 64, |_, _| rng.sample(rand_distr::StandardNormal));
+        let ys = DMatrix::<f32>::from_fn(n, 150, |_, _| rng.sample(rand_distr::StandardNormal));
+        let t = time_median(rep, 1, || {
+            Ok(target_from_source(&xs, &ys, &Estimator::Lstsq, &Device::Cpu).map(drop)?)
+        })?;
+        m.insert(key.into(), json!(1000.0 * t));
+    }
+    m.insert(
+        "threads".into(),
+        json!(candle_core::utils::get_num_threads()),
+    );
+    m.insert("candle".into(), json!("0.11"));
+    Ok(m)
+}
+
+fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, Value>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_reference.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&script)
+        .arg("--threads")
+        .arg(candle_core::utils::get_num_threads().to_string());
+    if quick {
+        cmd.arg("--quick");
+    }
+    if channels_last {
+        cmd.arg("--channels-last");
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "PyTorch reference failed (skipped): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("cannot run {python} (skipped): {e}");
+            return None;
+        }
+    };
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()?
+        .as_object()
+        .cloned()
+}
+
+/// Runs `bench`.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let ours = ours(a.quick)?;
+    let (t_nchw, t_cl) = if a.no_torch {
+        (None, None)
+    } else {
+        eprintln!("PyTorch reference (NCHW, then channels_last)...");
+        (
+            torch(&a.python, a.quick, false),
+            torch(&a.python, a.quick, true),
+        )
+    };
+    let rows = [
+        ("train_vae_img_s", "train VAE, batch 64 (img/s)", true),
+        (
+            "train_svae_img_s",
+            "train Split-VAE, batch 64 (img/s)",
+            true,
+        ),
+        ("train_gan_img_s", "train GAN step, batch 64 (img/s)", true),
+        (
+            "train_recoder_img_s",
+            "train recoder, batch 64 (img/s)",
+            true,
+        ),
+        ("encode_b256_img_s", "encode, batch 256 (img/s)", true),
+        ("decode_b256_img_s", "decode, batch 256 (img/s)", true),
+        ("decode_b1_ms", "decode, batch 1 (ms)", false),
+        ("lstsq_150_ms", "lstsq 150 x 64 -> 150 (ms)", false),
+        ("lstsq_200k_ms", "lstsq 200,000 x 64 -> 150 (ms)", false),
+    ];
+    let get = |m: &Option<Map<String, Value>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).and_then(|v| v.as_f64())
+    };
+    println!(
+        "| metric | latent-atlas | PyTorch NCHW | PyTorch channels_last | ratio vs best PyTorch |"
+    );
+    println!("|---|---|---|---|---|");
+    for (key, label, higher_better) in rows {
+        let o = get(&Some(ours.clone()), key);
+        let (tn, tc) = (get(&t_nchw, key), get(&t_cl, key));
+        let best = match (tn, tc) {
+            (Some(a), Some(b)) => Some(if higher_better { a.max(b) } else { a.min(b) }),
+            (a, b) => a.or(b),
+        };
+        let ratio = match (o, best) {
+            (Some(o), Some(b)) if o > 0.0 && b > 0.0 => {
+                format!("{:.2}x", if higher_better { o / b } else { b / o })
+            }
+            _ => "-".into(),
+        };
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
+        println!("| {label} | {} | {} | {} | {ratio} |", f(o), f(tn), f(tc));
+    }
+    let versions = get(&t_nchw, "threads").map(|t| {
+        format!(
+            ", torch {} with {t} threads",
+            t_nchw
+                .as_ref()
+                .and_then(|m| m.get("torch"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+        )
+    });
+    println!(
+        "\ncandle 0.11 with {} threads{}; ratio > 1 means latent-atlas is faster.",
+        candle_core::utils::get_num_threads(),
+        versions.unwrap_or_default()
+    );
+    if let Some(path) = a.json {
+        let all = json!({ "ours": ours, "torch_nchw": t_nchw, "torch_channels_last": t_cl });
+        crate::model::store::write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
