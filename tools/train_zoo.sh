@@ -28,9 +28,9 @@ step vae-b --model vae --data synthfaces --latent-dim 64 --seed 2 --epochs 10
 ship vae-b runs/vae-b
 step svae --model svae --data synthfaces --latent-dim 128 --seed 3 --epochs 8
 ship svae runs/svae
-step gan-a-gen --model gan --data synthfaces --latent-dim 64 --seed 4 --epochs 8 --name gan-a
-step gan-a --model recoder --generator runs/gan-a-gen --data synthfaces --seed 5 --epochs 2 --steps-per-epoch 400 --name gan-a
+step gan-a-gen --model gan --data synthfaces --latent-dim 64 --seed 4 --epochs 6 --name gan-a
+step gan-a --model recoder --generator runs/gan-a-gen --data synthfaces --seed 5 --epochs 2 --steps-per-epoch 300 --name gan-a
 ship gan-a runs/gan-a; cp "$(ls runs/gan-a-gen/samples/samples_*.png | tail -1)" assets/models/gan-a/samples.png
-step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 2 --steps-per-epoch 400 --name refdcgan
+step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 2 --steps-per-epoch 300 --name refdcgan
 ship refdcgan runs/refdcgan
 echo "== zoo done"
