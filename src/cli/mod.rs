@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// latent-atlas: compare the latent spaces of generative models.
 ///
-/// Without a subcommand it will open the explorer (not built yet: prints this help).
+/// Without a subcommand it opens the explorer on the embedded default (synthfaces + the zoo).
 #[derive(Debug, Parser)]
 #[command(name = "latent-atlas", version, about, long_about = None)]
 pub struct Cli {
@@ -65,11 +65,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        None => crate::app::run_native(crate::app::ExplorerConfig::from_defaults()?),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Models(a)) => models::run_models(a),
         Some(Command::Sample(a)) => models::run_sample(a),

@@ -1,0 +1,127 @@
+//! Points of the scatter plot: the source codes projected on two variables or on the first two
+//! principal components, coloured by sign sector.
+
+use nalgebra::{DMatrix, SymmetricEigen};
+
+use super::settings::ScatterAxes;
+use crate::worker::SectorData;
+
+/// Projected points, one per sample, with colours and bounds.
+#[derive(Clone, Debug, Default)]
+pub struct ScatterData {
+    /// `[x, y]` per sample (row i = sample i).
+    pub points: Vec<[f32; 2]>,
+    /// Colour per sample as `[r, g, b, a]`.
+    pub colors: Vec<[u8; 4]>,
+    /// `[min_x, min_y, max_x, max_y]`.
+    pub bounds: [f32; 4],
+    /// Axis names.
+    pub axis_names: [String; 2],
+    /// Changes whenever the points change (the GPU buffer is re-uploaded).
+    pub generation: u64,
+}
+
+impl ScatterData {
+    /// Projects `z` (`N x d`) on `axes`.
+    pub fn new(
+        z: &DMatrix<f32>,
+        axes: ScatterAxes,
+        sectors: Option<&SectorData>,
+        generation: u64,
+    ) -> ScatterData {
+        let (n, d) = z.shape();
+        let (points, axis_names): (Vec<[f32; 2]>, [String; 2]) = match axes {
+            ScatterAxes::Vars(a, b) if a < d && b < d => (
+                (0..n).map(|r| [z[(r, a)], z[(r, b)]]).collect(),
+                [format!("z[{a}]"), format!("z[{b}]")],
+            ),
+            _ => (principal_plane(z), ["PC 1".into(), "PC 2".into()]),
+        };
+        let colors = (0..n)
+            .map(|r| {
+                sectors
+                    .and_then(|s| s.patterns.get(r))
+                    .map_or([120, 160, 220, 255], |&p| sector_color(p))
+            })
+            .collect();
+        let mut bounds = [
+            f32::INFINITY,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for p in &points {
+            bounds[0] = bounds[0].min(p[0]);
+            bounds[1] = bounds[1].min(p[1]);
+            bounds[2] = bounds[2].max(p[0]);
+            bounds[3] = bounds[3].max(p[1]);
+        }
+        if points.is_empty() {
+            bounds = [-1.0, -1.0, 1.0, 1.0];
+        }
+        ScatterData {
+            points,
+            colors,
+            bounds,
+            axis_names,
+            generation,
+        }
+    }
+
+    /// Index of the point nearest to `p`.
+    pub fn nearest(&self, p: [f32; 2]) -> Option<usize> {
+        self.points
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (i, (q[0] - p[0]).powi(2) + (q[1] - p[1]).powi(2)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+}
+
+/// A distinct colour per sign pattern (golden-angle hues).
+pub fn sector_color(pattern: u32) -> [u8; 4] {
+    let h = (pattern as f32 * 0.618_034).fract();
+    let c = egui_hsv(h, 0.65, 0.95);
+    [c[0], c[1], c[2], 255]
+}
+
+fn egui_hsv(h: f32, s: f32, v: f32) -> [u8; 3] {
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - f * s), v * (1.0 - (1.0 - f) * s));
+    let (r, g, b) = match i as i32 % 6 {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    };
+    [(r * 255.0) as u8, (g * 255.0) as u8, (b * 255.0) as u8]
+}
+
+/// Rows of `z` projected on its first two principal components (zeros when `d < 2`).
+fn principal_plane(z: &DMatrix<f32>) -> Vec<[f32; 2]> {
+    let (n, d) = z.shape();
+    if n == 0 || d == 0 {
+        return Vec::new();
+    }
+    let mut c = z.map(f64::from);
+    let mean = c.row_mean();
+    for mut row in c.row_iter_mut() {
+        row -= &mean;
+    }
+    let cov = c.tr_mul(&c) / (n.max(2) as f64 - 1.0);
+    let eig = SymmetricEigen::new(cov);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let mut basis = DMatrix::<f64>::zeros(d, 2);
+    for (k, &j) in order.iter().take(2).enumerate() {
+        basis.set_column(k, &eig.eigenvectors.column(j));
+    }
+    let proj = c * basis;
+    (0..n)
+        .map(|r| [proj[(r, 0)] as f32, proj[(r, 1)] as f32])
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! Drives the real explorer headless (egui_kittest, no GPU) through accessibility labels, on
+//! a tiny zoo of two untrained VAEs built in a temporary folder and the embedded ORL faces.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::{NodeT, Queryable};
+use egui_kittest::Harness;
+use latent_atlas::app::{AppCommand, ExplorerApp, ExplorerConfig, ExportKind};
+use latent_atlas::model::{save_model, Family, Model, ModelConfig};
+
+fn tiny_zoo(dir: &Path) {
+    for (name, seed) in [("vae-a", 1), ("vae-b", 2)] {
+        let mut cfg = ModelConfig::new(name, Family::Vae, 8);
+        cfg.base_channels = 4;
+        let model = Model::new(cfg, &candle_core::Device::Cpu, seed, false).unwrap();
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        save_model(&model, &out, false).unwrap();
+    }
+}
+
+fn harness(tmp: &Path) -> Harness<'static, ExplorerApp> {
+    let zoo = tmp.join("zoo");
+    tiny_zoo(&zoo);
+    let config = ExplorerConfig {
+        zoo_dir: zoo,
+        dataset: "orl".into(),
+        cache_dir: tmp.join("cache"),
+        device: "cpu".into(),
+        persist: false,
+    };
+    let mut h = Harness::builder()
+        .with_size([1500.0, 1000.0])
+        .build_eframe(move |cc| ExplorerApp::new(cc, config));
+    wait_until(&mut h, "the first fit and metrics", |app| {
+        app.session().metrics.is_some() && app.session().job.is_none()
+    });
+    h
+}
+
+/// Steps frames until `done` holds (the worker wakes the app in between).
+fn wait_until(h: &mut Harness<'_, ExplorerApp>, what: &str, done: impl Fn(&ExplorerApp) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(h.state()) {
+            h.step();
+            return;
+        }
+        let toasts: Vec<String> = h
+            .state()
+            .session()
+            .toasts
+            .iter()
+            .filter(|t| t.is_error)
+            .map(|t| t.text.clone())
+            .collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}; errors: {toasts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+#[test]
+fn app_opens_on_the_default_pair_and_a_slider_changes_the_mapped_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    let s = h.state().session();
+    assert_eq!(s.source.as_ref().unwrap().name, "vae-a");
+    assert_eq!(s.target.as_ref().unwrap().name, "vae-b");
+    wait_until(&mut h, "the first decode", |app| {
+        app.session().triptych.mapped_rgb.is_some()
+    });
+    let before_version = h.state().session().triptych.mapped_version;
+    let before = h.state().session().triptych.mapped_rgb.clone();
+
+    let slider = h
+        .get_all_by_role(Role::Slider)
+        .find(|n| {
+            n.accesskit_node()
+                .label()
+                .is_some_and(|l| l.starts_with("z[") && l.contains("gain"))
+        })
+        .expect("a latent slider");
+    slider.set_value_accesskit(2.0);
+    wait_until(&mut h, "the mapped image after the slider moved", |app| {
+        app.session().triptych.mapped_version > before_version
+    });
+    assert_ne!(
+        h.state().session().triptych.mapped_rgb,
+        before,
+        "moving a slider must change the mapped image"
+    );
+    assert!(
+        !h.state().slider_latencies_ms().is_empty(),
+        "the drag latency is recorded"
+    );
+}
+
+#[test]
+fn app_selects_a_pair_in_the_combo_boxes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    let fits = h.state().session().fits_done;
+    h.get_by_label("Source").click();
+    h.run_ok();
+    h.get_by_label("vae-b (vae, d=8)").click();
+    wait_until(&mut h, "the refit for vae-b → vae-b", |app| {
+        app.session()
+            .source
+            .as_ref()
+            .is_some_and(|m| m.name == "vae-b")
+            && app.session().fits_done > fits
+    });
+    assert_eq!(h.state().session().target.as_ref().unwrap().name, "vae-b");
+}
+
+#[test]
+fn app_loads_a_sector_inhabitant_into_the_triptych() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    let counts = h.state().session().sector_counts.clone();
+    let pattern = counts
+        .iter()
+        .position(|&c| c > 0)
+        .expect("an inhabited sector");
+    h.get_by_label(&format!("sector {pattern}")).click();
+    wait_until(&mut h, "the sector members", |app| {
+        app.session()
+            .sector_selected
+            .as_ref()
+            .is_some_and(|s| !s.1.is_empty())
+    });
+    let members = h.state().session().sector_selected.clone().unwrap().1;
+    let target = *members.last().unwrap();
+    let id = h.state().session().sample_id(target).unwrap().to_string();
+    h.get_by_label(&format!("inhabitant {id}")).click();
+    wait_until(&mut h, "the inhabitant in the triptych", |app| {
+        app.session().sample == target
+    });
+}
+
+#[test]
+fn app_refits_after_removing_a_support_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    h.get_by_label("Support set").click();
+    h.run_ok();
+    let support = h.state().session().support.clone().unwrap();
+    let (metrics_before, len_before) = (h.state().session().metrics_done, support.indices.len());
+    let id = support.sample_ids[0].clone();
+    h.get_by_label(&format!("remove {id}")).click();
+    wait_until(&mut h, "the refit without the member", |app| {
+        app.session().metrics_done > metrics_before && app.session().job.is_none()
+    });
+    let s = h.state().session();
+    let support = s.support.clone().unwrap();
+    assert_eq!(support.indices.len(), len_before - 1);
+    assert!(!support.sample_ids.contains(&id));
+    assert_eq!(
+        s.fit_points,
+        len_before - 1,
+        "the map is refitted on the edited support set"
+    );
+}
+
+#[test]
+fn app_exports_the_triptych_and_the_analysis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    h.state_mut().push(AppCommand::LoadSample(3));
+    wait_until(&mut h, "sample 3 decoded", |app| {
+        app.session().sample == 3 && app.session().triptych.mapped_rgb.is_some()
+    });
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let png = out.join("triptych.png");
+    h.state_mut().export_to(ExportKind::Triptych, &png).unwrap();
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > 3 * 64 && img.height() >= 64);
+    for (kind, name) in [
+        (ExportKind::Map, "map.safetensors"),
+        (ExportKind::Support, "support.json"),
+        (ExportKind::Metrics, "metrics.csv"),
+        (ExportKind::Montage, "montage.png"),
+    ] {
+        let path = out.join(name);
+        h.state_mut().export_to(kind, &path).unwrap();
+        assert!(path.metadata().unwrap().len() > 0, "{name} is written");
+    }
+    let map =
+        latent_atlas::latent::LinearMap::load_safetensors(&out.join("map.safetensors")).unwrap();
+    assert_eq!((map.source_dim(), map.target_dim()), (8, 8));
+}
