@@ -50,6 +50,8 @@ pub enum SupportKind {
     Random,
     /// Greedy farthest-point sampling in the full latent space.
     FarthestPoint,
+    /// Chosen or edited by hand (e.g. members added or removed in the explorer).
+    Edited,
 }
 
 /// How a support set was made (stored in its JSON).

@@ -419,9 +419,9 @@ fn explicit_support(
         sample_ids: indices.iter().map(|&i| ds.sample_ids[i].clone()).collect(),
         indices: indices.to_vec(),
         method: SupportMethod {
-            kind: SupportKind::Sectors,
+            kind: SupportKind::Edited,
             model: Some(model.to_string()),
-            rule: Some(SectorRule::Norm),
+            rule: None,
             num_selected: vars.len(),
             selected_vars: vars.to_vec(),
             th_step: None,
