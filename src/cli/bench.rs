@@ -191,12 +191,55 @@ fn ours(quick: bool) -> Result<Map<String, Value>> {
         })?;
         m.insert(key.into(), json!(1000.0 * t));
     }
+    eprintln!("slider decode path...");
+    let (p50, p95, pair) = slider_latency(if quick { 100 } else { 400 })?;
+    m.insert("slider_p50_ms".into(), json!(p50));
+    m.insert("slider_p95_ms".into(), json!(p95));
+    m.insert("slider_pair".into(), json!(pair));
     m.insert(
         "threads".into(),
         json!(candle_core::utils::get_num_threads()),
     );
     m.insert("candle".into(), json!("0.11"));
     Ok(m)
+}
+
+/// p50 / p95 of the explorer's per-drag work (`worker::decode_slider`: source decode, map,
+/// target decode) over `n` drags along a slider, on vae-a -> vae-b of the zoo with a
+/// 150-point lstsq map (random-initialised VAEs and a random map when the zoo is absent).
+fn slider_latency(n: usize) -> Result<(f64, f64, String)> {
+    let dev = Device::Cpu;
+    let (src, tgt, label) = match (
+        crate::zoo::load_model("vae-a", &dev),
+        crate::zoo::load_model("vae-b", &dev),
+    ) {
+        (Ok(a), Ok(b)) => (a, b, "vae-a -> vae-b".to_string()),
+        _ => {
+            let a = Model::new(ModelConfig::new("a", Family::Vae, 64), &dev, 1, false)?;
+            let b = Model::new(ModelConfig::new("b", Family::Vae, 64), &dev, 2, false)?;
+            (a, b, "random VAEs (zoo absent)".to_string())
+        }
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let zs = DMatrix::<f32>::from_fn(150, 64, |_, _| rng.sample(rand_distr::StandardNormal));
+    let zt = DMatrix::<f32>::from_fn(150, 64, |_, _| rng.sample(rand_distr::StandardNormal));
+    let map = target_from_source(&zs, &zt, &Estimator::Lstsq, &dev)?;
+    let mut z: Vec<f32> = (0..64)
+        .map(|_| rng.sample(rand_distr::StandardNormal))
+        .collect();
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        z[i % 7] = -2.25 + 4.5 * (i % 50) as f32 / 49.0;
+        let t0 = Instant::now();
+        let (_s, m) = crate::worker::decode_slider(&src, &tgt, Some(&map), &z)?;
+        anyhow::ensure!(m.is_some(), "no mapped image");
+        if i >= 10 {
+            times.push(1000.0 * t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    Ok((q(0.5), q(0.95), label))
 }
 
 fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, Value>> {
@@ -287,6 +330,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
         println!("| {label} | {} | {} | {} | {ratio} |", f(o), f(tn), f(tc));
+    }
+    let ours_opt = Some(ours.clone());
+    if let (Some(p50), Some(p95)) = (
+        get(&ours_opt, "slider_p50_ms"),
+        get(&ours_opt, "slider_p95_ms"),
+    ) {
+        let pair = ours
+            .get("slider_pair")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        println!("| slider drag -> source and mapped images decoded ({pair}; target <= 16 ms p95) | p50 {p50:.2} ms, p95 {p95:.2} ms | - | - | - |");
     }
     let versions = get(&t_nchw, "threads").map(|t| {
         format!(

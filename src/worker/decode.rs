@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 
 use super::{ActivePair, Command, Event, Outbox, RequestId, Shared};
 use crate::data::IMAGE_SIZE;
+use crate::latent::estimators::LinearMap;
 use crate::model::LatentModel;
 
 /// The thread body: runs until the command channel closes.
@@ -47,35 +48,9 @@ fn decode(
     z_in_source: &[f32],
     sample: Option<usize>,
 ) -> Result<Event> {
-    let source = &pair.source.model;
-    let d = source.latent_dim();
-    if z_in_source.len() != d {
-        anyhow::bail!(
-            "code has {} values but {} expects {d}",
-            z_in_source.len(),
-            source.name()
-        );
-    }
-    let z = Tensor::from_vec(z_in_source.to_vec(), (1, d), source.device())?;
-    let source_rgb = to_rgb(
-        &source
-            .decode(&z)
-            .context("decoding with the source model")?,
-    )?;
-    let mapped_rgb = match &pair.map {
-        None => None,
-        Some(map) => {
-            let z_in_target = map.apply(&DMatrix::from_row_slice(1, d, z_in_source))?;
-            let target = &pair.target.model;
-            let values: Vec<f32> = z_in_target.row(0).iter().copied().collect();
-            let zt = Tensor::from_vec(values, (1, z_in_target.ncols()), target.device())?;
-            Some(to_rgb(
-                &target
-                    .decode(&zt)
-                    .context("decoding with the target model")?,
-            )?)
-        }
-    };
+    let map = pair.map.as_deref();
+    let (source_rgb, mapped_rgb) =
+        decode_slider(&pair.source.model, &pair.target.model, map, z_in_source)?;
     let original = sample
         .map(|i| pair.dataset.image_u8(i))
         .filter(|o| !o.is_empty());
@@ -91,6 +66,45 @@ fn decode(
         source_mse,
         mapped_mse,
     })
+}
+
+/// The explorer's work per slider drag: decodes one source code with the source model and,
+/// through `map` (when fitted), with the target model; returns interleaved RGB bytes
+/// (64 x 64 x 3) for both. `latent-atlas bench` times this function.
+pub fn decode_slider(
+    source: &dyn LatentModel,
+    target: &dyn LatentModel,
+    map: Option<&LinearMap>,
+    z_in_source: &[f32],
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let d = source.latent_dim();
+    if z_in_source.len() != d {
+        anyhow::bail!(
+            "code has {} values but {} expects {d}",
+            z_in_source.len(),
+            source.name()
+        );
+    }
+    let z = Tensor::from_vec(z_in_source.to_vec(), (1, d), source.device())?;
+    let source_rgb = to_rgb(
+        &source
+            .decode(&z)
+            .context("decoding with the source model")?,
+    )?;
+    let mapped_rgb = match map {
+        None => None,
+        Some(map) => {
+            let z_in_target = map.apply(&DMatrix::from_row_slice(1, d, z_in_source))?;
+            let values: Vec<f32> = z_in_target.row(0).iter().copied().collect();
+            let zt = Tensor::from_vec(values, (1, z_in_target.ncols()), target.device())?;
+            Some(to_rgb(
+                &target
+                    .decode(&zt)
+                    .context("decoding with the target model")?,
+            )?)
+        }
+    };
+    Ok((source_rgb, mapped_rgb))
 }
 
 /// `[1, 3, 64, 64]` floats in [0, 1] -> interleaved RGB bytes, row-major.

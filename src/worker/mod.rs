@@ -11,6 +11,7 @@
 
 mod analysis;
 mod decode;
+pub use decode::decode_slider;
 mod progress;
 pub mod protocol;
 
