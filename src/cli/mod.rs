@@ -4,8 +4,10 @@ pub mod analysis;
 pub mod bar;
 pub mod bench;
 pub mod codes;
+pub mod geometry;
 pub mod import;
 pub mod models;
+pub mod plot;
 pub mod relocate;
 pub mod table;
 pub mod train;
@@ -60,6 +62,10 @@ pub enum Command {
     Ood(analysis::OodArgs),
     /// Benchmark training, encoding, decoding and map fits against PyTorch (idle machine!).
     Bench(bench::BenchArgs),
+    /// Local Basis warpage (distances between local bases vs k) and transfer through a map.
+    LocalBasis(geometry::LocalBasisArgs),
+    /// Ground-truth probes (generating factors, identities) per model and after mapping.
+    Probe(geometry::ProbeArgs),
 }
 
 /// Runs the parsed command line.
@@ -83,5 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Table(a)) => table::run(a),
         Some(Command::Montage(a)) => relocate::run_montage(a),
         Some(Command::Ood(a)) => analysis::run_ood(a),
+        Some(Command::LocalBasis(a)) => geometry::run_local_basis(a),
+        Some(Command::Probe(a)) => geometry::run_probe(a),
     }
 }

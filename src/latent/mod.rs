@@ -31,10 +31,13 @@
 pub mod encodings;
 pub mod estimators;
 pub mod gain;
+pub mod grassmann;
 pub mod linalg;
+pub mod local_basis;
 pub mod map_io;
 pub mod metrics;
 pub mod pipeline;
+pub mod probe;
 pub mod relocation;
 pub mod sectors;
 mod sgd;
