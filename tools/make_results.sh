@@ -10,7 +10,7 @@ mkdir -p assets/figures results
 "$LA" table --json results/table.json --csv results/table.csv > results/table.md
 "$LA" montage --source vae-a --target vae-b --n 10 --out assets/figures/montage-type1-vae-a-to-vae-b.png > results/montage.txt
 "$LA" montage --source vae-a --target svae --n 10 --out assets/figures/montage-type2-vae-a-to-svae.png >> results/montage.txt
-"$LA" montage --source vae-a --target gan-a --n 10 --out assets/figures/montage-type3-vae-a-to-gan-a.png >> results/montage.txt
+"$LA" montage --source vae-a --target refdcgan --n 10 --out assets/figures/montage-type3-vae-a-to-refdcgan.png >> results/montage.txt
 "$LA" ood > results/ood.md
 "$LA" support-set --model vae-a --out results/support-vae-a.json --grid assets/figures/support-set-vae-a.png > results/support.txt
 echo "results written to results/ and assets/figures/"
