@@ -164,31 +164,11 @@ pub fn read_codes_any(path: &Path) -> Result<Tensor> {
 
 /// Reads an N x d float32 .npy and checks it against the model.
 pub fn read_codes(path: &Path, latent_dim: usize) -> Result<Tensor> {
-    if !path.exists() {
-        bail!("no such file: {}", path.display());
-    }
-    let t = Tensor::read_npy(path)
-        .with_context(|| format!("not a readable .npy file: {}", path.display()))?;
-    if t.dtype() != DType::F32 {
-        bail!(
-            "codes must be float32, got {:?}: {}",
-            t.dtype(),
-            path.display()
-        );
-    }
+    let t = read_codes_any(path)?;
     let dims = t.dims();
-    if dims.len() != 2 || dims[1] != latent_dim {
+    if dims[1] != latent_dim {
         bail!(
             "codes must be N x {latent_dim} for this model, got {dims:?}: {}",
-            path.display()
-        );
-    }
-    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        bail!(
-            "codes contain a non-finite value at row {}, column {}: {}",
-            i / latent_dim,
-            i % latent_dim,
             path.display()
         );
     }
