@@ -141,6 +141,24 @@ impl Dataset {
             .unwrap_or(&[])
     }
 
+    /// Mean squared difference per value (pixels scaled to [0, 1]) between images `a` and `b`;
+    /// 0 when either index is out of range.
+    pub fn image_mse(&self, a: usize, b: usize) -> f64 {
+        let (x, y) = (self.image_u8(a), self.image_u8(b));
+        if x.is_empty() || y.is_empty() {
+            return 0.0;
+        }
+        let sum: u64 = x
+            .iter()
+            .zip(y)
+            .map(|(&p, &q)| {
+                let d = u64::from(p.abs_diff(q));
+                d * d
+            })
+            .sum();
+        sum as f64 / (255.0 * 255.0 * x.len() as f64)
+    }
+
     /// An `f32` tensor of shape `[n, 3, 64, 64]` with values in `[0, 1]` holding the images at
     /// `indices` (in that order). Errors on an out-of-range index.
     pub fn batch(

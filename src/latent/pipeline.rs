@@ -143,10 +143,7 @@ pub fn cached_gains(
             _ => log::warn!("ignoring a stale gains cache: {}", path.display()),
         }
     }
-    let mut idx = ds.indices(Split::Train);
-    if idx.is_empty() {
-        idx = (0..ds.len()).collect();
-    }
+    let mut idx = train_indices(ds);
     idx.truncate(num_images);
     let report = reconstruction_gain(&loaded.model, ds, &idx, progress, cancel)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| PipelineError::Cache {

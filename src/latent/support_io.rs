@@ -108,21 +108,8 @@ pub struct SpreadCheck {
     pub num_random_pairs: usize,
 }
 
-fn pair_mse(ds: &Dataset, a: usize, b: usize) -> f64 {
-    let (x, y) = (ds.image_u8(a), ds.image_u8(b));
-    let sum: u64 = x
-        .iter()
-        .zip(y)
-        .map(|(&p, &q)| {
-            let d = u64::from(p.abs_diff(q));
-            d * d
-        })
-        .sum();
-    sum as f64 / (255.0 * 255.0 * x.len().max(1) as f64)
-}
-
 fn mean_pair_mse(ds: &Dataset, pairs: &[(usize, usize)]) -> f64 {
-    let sum: f64 = pairs.par_iter().map(|&(a, b)| pair_mse(ds, a, b)).sum();
+    let sum: f64 = pairs.par_iter().map(|&(a, b)| ds.image_mse(a, b)).sum();
     sum / pairs.len().max(1) as f64
 }
 

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::train::TrainKind;
 use super::{LatentModel, Model, ModelError, Net, Quality, Result};
-use crate::data::{Dataset, Split, IMAGE_LEN};
+use crate::data::{Dataset, Split};
 
 /// Held-out indices: the test split, else validation, else everything.
 pub fn held_out(data: &Dataset) -> Vec<usize> {
@@ -35,13 +35,7 @@ pub fn random_pair_mse(data: &Dataset, indices: &[usize], num_pairs: usize, seed
         while b == a {
             b = indices[rng.random_range(0..indices.len())];
         }
-        let (xa, xb) = (data.image_u8(a), data.image_u8(b));
-        let s: f64 = xa
-            .iter()
-            .zip(xb)
-            .map(|(&p, &q)| ((p as f64 - q as f64) / 255.0).powi(2))
-            .sum();
-        total += s / IMAGE_LEN as f64;
+        total += data.image_mse(a, b);
     }
     total / num_pairs as f64
 }
