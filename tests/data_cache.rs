@@ -13,7 +13,10 @@ fn sample_dataset(n: usize) -> Dataset {
         splits: (0..n)
             .map(|i| [Split::Train, Split::Valid, Split::Test][i % 3])
             .collect(),
-        pixels: (0..n * IMAGE_LEN).map(|i| (i * 7 % 251) as u8).collect(),
+        pixels: (0..n * IMAGE_LEN)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
         info: SampleInfo {
             identity: Some((0..n as u32).collect()),
             attribute_names: vec!["Smiling".to_string(), "Male".to_string()],
@@ -81,9 +84,18 @@ fn damaged_files_give_clear_errors() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     check(&bytes, "checksum");
+    // Version 2 layout: 48-byte prefix, pixels, JSON header (offset at bytes 32..40), blocks.
+    let header_offset = u64::from_le_bytes(good[32..40].try_into().unwrap()) as usize;
+    assert_eq!(header_offset, 48 + 4 * IMAGE_LEN);
     let mut bytes = good.clone();
-    bytes[25] = b'#';
+    bytes[header_offset + 5] = b'#';
     check(&bytes, "header");
+    let mut bytes = good.clone();
+    bytes[48 + 7] ^= 0x55;
+    check(&bytes, "pixel checksum");
+    let mut bytes = good.clone();
+    bytes[24] = 47;
+    check(&bytes, "corrupt prefix");
     let mut bytes = good.clone();
     bytes.push(0);
     check(&bytes, "corrupt");
@@ -99,6 +111,19 @@ fn cached_builds_once_and_rebuilds_a_bad_cache() {
     // The only test in this binary that touches the environment.
     std::env::set_var("LATENT_ATLAS_CACHE", dir.path());
     assert_eq!(latent_atlas::data::cache_dir().unwrap(), dir.path());
+    // Pending pixel files of killed builds are removed once a day old, fresh ones are kept.
+    let stale = dir.path().join(".latlas-pixels-old.part");
+    let fresh = dir.path().join(".latlas-pixels-new.part");
+    for file in [&stale, &fresh] {
+        std::fs::write(file, b"partial").unwrap();
+    }
+    let two_days = std::time::Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - two_days)
+        .unwrap();
     let id = "test:n=3";
     let mut builds = 0;
     let first = cached(id, || {
@@ -113,6 +138,8 @@ fn cached_builds_once_and_rebuilds_a_bad_cache() {
     .unwrap();
     assert_eq!(builds, 1);
     assert!(first == second);
+    assert!(!stale.exists() && fresh.exists());
+    std::fs::remove_file(&fresh).unwrap();
 
     let file = dir.path().join(cache_file_name(id));
     std::fs::write(&file, b"rubbish").unwrap();
@@ -163,7 +190,7 @@ fn validate_catches_broken_invariants() {
     ds.sample_ids[2] = ds.sample_ids[0].clone();
     assert!(ds.validate().unwrap_err().to_string().contains("duplicate"));
     let mut ds = sample_dataset(3);
-    ds.pixels.pop();
+    ds.pixels = vec![0u8; 3 * IMAGE_LEN - 1].into();
     assert!(ds.validate().is_err());
     let mut ds = sample_dataset(3);
     ds.splits.pop();

@@ -230,7 +230,7 @@ fn fake_celeba(n: usize, skipped: &[usize]) -> Dataset {
         id: "celeba:fake".to_string(),
         splits: vec![Split::Train; ids.len()],
         sample_ids: ids,
-        pixels: Vec::new(),
+        pixels: Vec::new().into(),
         info: SampleInfo::default(),
         skipped: skipped
             .iter()

@@ -78,20 +78,29 @@ pub fn run_encode(a: EncodeArgs) -> Result<()> {
             Some(s) => bail!("unknown split `{s}` (train, valid, test)"),
         }
     };
+    // Streams in batches: memory holds the model, one batch of images and the N x d codes.
+    let d = model.latent_dim();
     let bar = super::bar::Bar::new();
     crate::progress::Progress::start(&bar, "encoding", indices.len() as u64);
-    let mut parts = Vec::new();
-    for (i, chunk) in indices.chunks(a.batch_size.max(1)).enumerate() {
+    let mut values: Vec<f32> = Vec::with_capacity(indices.len() * d);
+    for chunk in indices.chunks(a.batch_size.max(1)) {
         let x = data.batch(chunk, &device)?;
-        parts.push(model.encode(&x)?.to_device(&Device::Cpu)?);
-        crate::progress::Progress::update(&bar, (i * a.batch_size + chunk.len()) as u64, "");
+        let z = model.encode(&x)?.to_device(&Device::Cpu)?;
+        drop(x);
+        let z: Vec<f32> = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if z.len() != chunk.len() * d {
+            bail!(
+                "{} returned {} values for {} images of latent size {d}",
+                model.name(),
+                z.len(),
+                chunk.len()
+            );
+        }
+        values.extend_from_slice(&z);
+        crate::progress::Progress::update(&bar, (values.len() / d.max(1)) as u64, "");
     }
     crate::progress::Progress::finish(&bar, "done");
-    let codes = if parts.is_empty() {
-        Tensor::zeros((0, model.latent_dim()), DType::F32, &Device::Cpu)?
-    } else {
-        Tensor::cat(&parts, 0)?
-    };
+    let codes = Tensor::from_vec(values, (indices.len(), d), &Device::Cpu)?;
     write_npy_atomic(&codes, &a.out)?;
     let ids: String = indices
         .iter()

@@ -1,29 +1,46 @@
 //! The preprocessed-dataset cache: a fast binary file per dataset id.
 //!
-//! File layout (all integers little-endian):
-//! `b"LATLASDS"` (8 bytes) · format version `u32` · header length `u64` · JSON header (id,
-//! version, n, image_len, pixel checksum, sample ids, splits, info, skipped) · `n * IMAGE_LEN`
-//! raw pixel bytes. Bumping [`CACHE_VERSION`] invalidates every old cache.
+//! File layout, format version 2 (all integers little-endian):
+//! - a 48-byte prefix: `b"LATLASDS"` · version `u32` · reserved `u32` (0) · image count `n`
+//!   `u64` · pixel offset `u64` (always 48) · header offset `u64` · header length `u64`;
+//! - `n * IMAGE_LEN` raw pixel bytes (each image CHW, RGB) from byte 48;
+//! - a JSON header (id, n, checksums, sample ids, skipped images, attribute names, which
+//!   per-sample blocks follow);
+//! - binary per-sample blocks: splits (`u8`: 0 train, 1 valid, 2 test), identities (`u32`),
+//!   attributes (`i8`, `n x attribute_names.len()`), generating latents (`f32`,
+//!   `n x generating_latent_dim`), each present only if the dataset has it.
+//!
+//! The pixels come first so that a large dataset can be written while it is generated (see
+//! [`PixelSink`](super::PixelSink)) and read lazily: opening a file whose pixels exceed
+//! [`PixelStorage::max_in_memory_bytes`] reads only the header and blocks (the pixel
+//! checksum is then checked by [`Dataset::verify_pixels`], not on open). Version 1 files
+//! (header before the pixels, everything in JSON) are still read. Bumping [`CACHE_VERSION`]
+//! makes older files unreadable, so [`cached`] rebuilds them.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::npy::write_atomic_with;
-use super::{DataError, Dataset, SampleInfo, SkippedImage, Split, IMAGE_LEN};
+use super::pixels::{PixelStorage, Pixels};
+use super::sink::{Checksum, ChecksumWriter, PENDING_PREFIX, PENDING_SUFFIX};
+use super::{DataError, Dataset, SkippedImage, Split, IMAGE_LEN};
 
 /// Magic bytes at the start of every cache file.
 pub const CACHE_MAGIC: &[u8; 8] = b"LATLASDS";
-/// Version of the cache format; files of another version are rejected.
-pub const CACHE_VERSION: u32 = 1;
+/// Version of the cache format written; version 1 files are still read.
+pub const CACHE_VERSION: u32 = 2;
 /// Environment variable that overrides the cache directory.
 pub const CACHE_DIR_ENV: &str = "LATENT_ATLAS_CACHE";
 /// File extension of cache files.
 pub const CACHE_EXTENSION: &str = "ladata";
-
-const PREFIX_LEN: u64 = 8 + 4 + 8;
+/// Byte offset of the pixels in a version 2 cache file (the length of its prefix).
+pub(crate) const PIXELS_OFFSET: u64 = 48;
+/// Bytes per conversion step when the per-sample blocks are written.
+const BLOCK_CHUNK: usize = 1 << 22;
 
 #[derive(Serialize)]
 struct HeaderOut<'a> {
@@ -32,161 +49,207 @@ struct HeaderOut<'a> {
     n: usize,
     image_len: usize,
     pixels_checksum: u64,
+    blocks_checksum: u64,
     sample_ids: &'a [String],
-    splits: &'a [Split],
-    info: &'a SampleInfo,
     skipped: &'a [SkippedImage],
+    identity: bool,
+    attribute_names: &'a [String],
+    attributes: bool,
+    generating_latent_dim: usize,
+    generating_latents: bool,
 }
 
-#[derive(Deserialize)]
-struct HeaderIn {
-    id: String,
-    version: u32,
-    n: usize,
-    image_len: usize,
-    pixels_checksum: u64,
-    sample_ids: Vec<String>,
-    splits: Vec<Split>,
-    info: SampleInfo,
-    skipped: Vec<SkippedImage>,
+fn split_code(split: Split) -> u8 {
+    match split {
+        Split::Train => 0,
+        Split::Valid => 1,
+        Split::Test => 2,
+    }
 }
 
-/// A fast 64-bit checksum of the pixel bytes (not cryptographic; catches corruption).
-fn checksum(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ bytes.len() as u64;
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        hash ^= hash >> 29;
+/// Writes `values` as little-endian bytes, a chunk at a time.
+fn write_le<T: Copy, const W: usize>(
+    out: &mut dyn Write,
+    values: &[T],
+    to_bytes: impl Fn(T) -> [u8; W],
+) -> std::io::Result<()> {
+    let mut buffer = Vec::with_capacity(BLOCK_CHUNK);
+    for chunk in values.chunks(BLOCK_CHUNK / W) {
+        buffer.clear();
+        buffer.extend(chunk.iter().flat_map(|&v| to_bytes(v)));
+        out.write_all(&buffer)?;
     }
-    for &byte in tail {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(K);
-        hash ^= hash >> 29;
+    Ok(())
+}
+
+/// Writes the per-sample blocks of `ds` (see the module docs).
+fn write_blocks(ds: &Dataset, out: &mut dyn Write) -> std::io::Result<()> {
+    let splits: Vec<u8> = ds.splits.iter().map(|&s| split_code(s)).collect();
+    out.write_all(&splits)?;
+    if let Some(identity) = &ds.info.identity {
+        write_le(out, identity, u32::to_le_bytes)?;
     }
-    hash
+    if let Some(attributes) = &ds.info.attributes {
+        write_le(out, attributes, i8::to_le_bytes)?;
+    }
+    if let Some(latents) = &ds.info.generating_latents {
+        write_le(out, latents, f32::to_le_bytes)?;
+    }
+    Ok(())
+}
+
+/// The 48-byte prefix of a version 2 file.
+fn encode_prefix(n: usize, header_offset: u64, header_len: u64) -> [u8; PIXELS_OFFSET as usize] {
+    let mut prefix = [0u8; PIXELS_OFFSET as usize];
+    prefix[..8].copy_from_slice(CACHE_MAGIC);
+    prefix[8..12].copy_from_slice(&CACHE_VERSION.to_le_bytes());
+    prefix[16..24].copy_from_slice(&(n as u64).to_le_bytes());
+    prefix[24..32].copy_from_slice(&PIXELS_OFFSET.to_le_bytes());
+    prefix[32..40].copy_from_slice(&header_offset.to_le_bytes());
+    prefix[40..48].copy_from_slice(&header_len.to_le_bytes());
+    prefix
 }
 
 impl Dataset {
     /// Saves the dataset to `path` in the binary cache format, atomically (temporary file in
-    /// the same folder, then rename).
+    /// the same folder, then rename). A dataset just built into a pending pixel file in that
+    /// folder (see [`PixelSink`](super::PixelSink)) is saved by appending the metadata to that
+    /// file and renaming it, without copying the pixels; otherwise the pixels are streamed.
     pub fn save_cache(&self, path: &Path) -> Result<(), DataError> {
         self.validate()?;
+        let n = self.len();
+        let pixels_checksum = self.pixels.checksum()?;
+        let mut blocks_sum = ChecksumWriter(Checksum::new());
+        write_blocks(self, &mut blocks_sum)
+            .map_err(|e| DataError::io("cannot encode metadata for", e, path))?;
+        let info = &self.info;
         let header = HeaderOut {
             id: &self.id,
             version: CACHE_VERSION,
-            n: self.len(),
+            n,
             image_len: IMAGE_LEN,
-            pixels_checksum: checksum(&self.pixels),
+            pixels_checksum,
+            blocks_checksum: blocks_sum.0.finish(),
             sample_ids: &self.sample_ids,
-            splits: &self.splits,
-            info: &self.info,
             skipped: &self.skipped,
+            identity: info.identity.is_some(),
+            attribute_names: &info.attribute_names,
+            attributes: info.attributes.is_some(),
+            generating_latent_dim: info.generating_latent_dim,
+            generating_latents: info.generating_latents.is_some(),
         };
         let header = serde_json::to_vec(&header).map_err(|e| DataError::Cache {
             message: format!("cannot encode header: {e}"),
             path: path.to_path_buf(),
         })?;
+        let header_offset = PIXELS_OFFSET + (n as u64) * (IMAGE_LEN as u64);
+        let prefix = encode_prefix(n, header_offset, header.len() as u64);
+        if let Pixels::File(file) = &self.pixels {
+            let adopted = file.adopt_as(path, &prefix, |out| {
+                out.write_all(&header)?;
+                write_blocks(self, out)
+            })?;
+            if adopted {
+                return Ok(());
+            }
+        }
         write_atomic_with(path, |out| {
-            out.write_all(CACHE_MAGIC)?;
-            out.write_all(&CACHE_VERSION.to_le_bytes())?;
-            out.write_all(&(header.len() as u64).to_le_bytes())?;
+            out.write_all(&prefix)?;
+            self.pixels
+                .for_each_chunk(1024, |chunk| {
+                    out.write_all(chunk)
+                        .map_err(|e| DataError::io("cannot write file", e, path))
+                })
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             out.write_all(&header)?;
-            out.write_all(&self.pixels)
+            write_blocks(self, out)
         })
     }
 
-    /// Loads a dataset saved by [`Dataset::save_cache`]. A truncated or corrupt file, or one of
-    /// another format version, gives a [`DataError::Cache`] naming the file.
+    /// Loads a dataset saved by [`Dataset::save_cache`], keeping the pixels in memory or in
+    /// the file according to [`PixelStorage::from_env`]. A truncated or corrupt file, or one of
+    /// an unknown format version, gives a [`DataError::Cache`] naming the file.
     pub fn load_cache(path: &Path) -> Result<Dataset, DataError> {
-        let bad = |message: String| DataError::Cache {
-            message,
-            path: path.to_path_buf(),
-        };
-        let mut file =
-            std::fs::File::open(path).map_err(|e| DataError::io("cannot open cache", e, path))?;
+        Dataset::load_cache_with(path, &PixelStorage::from_env())
+    }
+
+    /// Like [`Dataset::load_cache`] with an explicit `storage` policy: pixels of at most
+    /// `storage.max_in_memory_bytes` are read and checked against their checksum, larger ones
+    /// are read on demand (only the file length is checked on open).
+    pub fn load_cache_with(path: &Path, storage: &PixelStorage) -> Result<Dataset, DataError> {
+        let mut file = File::open(path).map_err(|e| DataError::io("cannot open cache", e, path))?;
         let file_len = file
             .metadata()
             .map_err(|e| DataError::io("cannot read cache", e, path))?
             .len();
-        if file_len < PREFIX_LEN {
-            return Err(bad(format!("truncated: only {file_len} bytes")));
-        }
-        let mut prefix = [0u8; PREFIX_LEN as usize];
-        file.read_exact(&mut prefix)
-            .map_err(|e| DataError::io("cannot read cache", e, path))?;
-        if &prefix[..8] != CACHE_MAGIC {
-            return Err(bad(
-                "not a latent-atlas dataset cache (bad magic bytes)".to_string()
+        if file_len < 12 {
+            return Err(cache_error(
+                path,
+                format!("truncated: only {file_len} bytes"),
             ));
         }
-        let mut word4 = [0u8; 4];
-        word4.copy_from_slice(&prefix[8..12]);
-        let version = u32::from_le_bytes(word4);
-        if version != CACHE_VERSION {
-            return Err(bad(format!(
-                "format version {version}, this program reads version {CACHE_VERSION}"
-            )));
-        }
-        let mut word8 = [0u8; 8];
-        word8.copy_from_slice(&prefix[12..20]);
-        let header_len = u64::from_le_bytes(word8);
-        if header_len > file_len - PREFIX_LEN {
-            return Err(bad(format!(
-                "truncated: header of {header_len} bytes but only {} bytes follow",
-                file_len - PREFIX_LEN
-            )));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header)
+        let mut start = [0u8; 12];
+        file.read_exact(&mut start)
             .map_err(|e| DataError::io("cannot read cache", e, path))?;
-        let header: HeaderIn =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt header: {e}")))?;
-        if header.version != CACHE_VERSION || header.image_len != IMAGE_LEN {
-            return Err(bad(format!(
-                "header says version {} with {} bytes per image, expected version {CACHE_VERSION} \
-                 with {IMAGE_LEN}",
-                header.version, header.image_len
-            )));
+        if &start[..8] != CACHE_MAGIC {
+            return Err(cache_error(
+                path,
+                "not a latent-atlas dataset cache (bad magic bytes)".to_string(),
+            ));
         }
-        let pixel_len = (header.n as u64).checked_mul(IMAGE_LEN as u64);
-        let available = file_len - PREFIX_LEN - header_len;
-        if pixel_len != Some(available) {
-            let expected = pixel_len.map_or_else(|| "too many".to_string(), |p| p.to_string());
-            return Err(bad(format!(
-                "truncated or corrupt: {available} pixel bytes for {} images (expected {expected})",
-                header.n
-            )));
+        let version = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
+        match version {
+            CACHE_VERSION => super::cache_v2::load_v2(file, file_len, path, storage),
+            1 => super::cache_v1::load_v1(file, file_len, path, storage),
+            _ => Err(cache_error(
+                path,
+                format!(
+                    "format version {version}, this program reads versions 1 and {CACHE_VERSION}"
+                ),
+            )),
         }
-        let mut pixels = vec![0u8; available as usize];
-        file.read_exact(&mut pixels)
-            .map_err(|e| DataError::io("cannot read cache", e, path))?;
-        if checksum(&pixels) != header.pixels_checksum {
-            return Err(bad("corrupt: pixel checksum mismatch".to_string()));
-        }
-        let dataset = Dataset {
-            id: header.id,
-            sample_ids: header.sample_ids,
-            splits: header.splits,
-            pixels,
-            info: header.info,
-            skipped: header.skipped,
-        };
-        if dataset.len() != header.n {
-            return Err(bad(format!(
-                "corrupt: {} sample ids for {} images",
-                dataset.len(),
-                header.n
-            )));
-        }
-        dataset
-            .validate()
-            .map_err(|e| bad(format!("corrupt: {e}")))?;
-        Ok(dataset)
     }
+
+    /// Reads every pixel of a file-backed dataset and checks them against the checksum its
+    /// cache file recorded (which is not done when a large cache is opened). Datasets in
+    /// memory were checked when loaded; for them this does nothing.
+    pub fn verify_pixels(&self) -> Result<(), DataError> {
+        let Pixels::File(file) = &self.pixels else {
+            return Ok(());
+        };
+        let Some(expected) = file.known_checksum() else {
+            return Ok(());
+        };
+        if self.pixels.computed_checksum()? != expected {
+            return Err(cache_error(
+                &file.path(),
+                "corrupt: pixel checksum mismatch".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A [`DataError::Cache`] for `path`.
+pub(crate) fn cache_error(path: &Path, message: String) -> DataError {
+    DataError::Cache {
+        message,
+        path: path.to_path_buf(),
+    }
+}
+
+/// Reads `len` bytes at `position`.
+pub(crate) fn read_range(
+    file: &mut File,
+    path: &Path,
+    position: u64,
+    len: usize,
+) -> Result<Vec<u8>, DataError> {
+    let mut bytes = vec![0u8; len];
+    file.seek(SeekFrom::Start(position))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| DataError::io("cannot read cache", e, path))?;
+    Ok(bytes)
 }
 
 /// Cache directory: `$LATENT_ATLAS_CACHE` if set (and not empty), else the OS cache folder
@@ -226,6 +289,40 @@ pub fn cache_file_name(id: &str) -> String {
     format!("{slug}{hex}.{CACHE_EXTENSION}")
 }
 
+/// Pending pixel files untouched for this long are left over from a killed build.
+const STALE_PENDING_SECS: u64 = 24 * 3600;
+
+/// Removes pending pixel files (of builds that were killed before they could clean up) that
+/// have not been written to for [`STALE_PENDING_SECS`]; a build in progress writes to its file
+/// continuously, so it is never touched. Failures are logged and ignored.
+fn remove_stale_pending_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(PENDING_PREFIX) && name.ends_with(PENDING_SUFFIX)) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age.as_secs() >= STALE_PENDING_SECS) {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!("removed a stale pending pixel file: {}", path.display()),
+                Err(e) => log::warn!(
+                    "cannot remove stale pending pixel file: {e}: {}",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
 /// Loads dataset `id` from its cache file in [`cache_dir`] if present and valid, else builds it
 /// with `build`, saves the cache and returns it. An unusable cache file is logged and rebuilt;
 /// a cache that cannot be written is logged and the built dataset still returned. The returned
@@ -233,6 +330,11 @@ pub fn cache_file_name(id: &str) -> String {
 /// capture every option that changes the content (e.g. from
 /// [`folder_dataset_id`](super::folder::folder_dataset_id) or
 /// [`celeba_dataset_id`](super::celeba::celeba_dataset_id)).
+///
+/// Large datasets stay bounded in memory: loaders write their pixels to a pending file in the
+/// cache folder, which becomes the cache file by a rename, and a large cache is opened lazily
+/// (see [`PixelStorage`]). Pending pixel files left in the cache folder by a killed build are
+/// removed once they are a day old.
 pub fn cached<F: FnOnce() -> Result<Dataset, DataError>>(
     id: &str,
     build: F,
@@ -252,6 +354,7 @@ pub fn cached<F: FnOnce() -> Result<Dataset, DataError>>(
             Err(error) => log::warn!("ignoring dataset cache, rebuilding: {error}"),
         }
     }
+    remove_stale_pending_files(path.parent().unwrap_or(Path::new(".")));
     let mut dataset = build()?;
     if dataset.id != id {
         log::debug!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::folder::has_image_extension;
 use super::image_prep::{preprocess_files, Crop, Progress};
-use super::{DataError, Dataset, OnBadImage, SampleInfo, Split};
+use super::{DataError, Dataset, OnBadImage, PixelStorage, SampleInfo, Split};
 
 /// Folder (under the CelebA root) holding the images.
 pub const CELEBA_IMAGE_DIR: &str = "img_align_celeba";
@@ -273,10 +273,22 @@ pub fn celeba_dataset_id(root: &Path, opts: &CelebaOptions) -> String {
 ///
 /// Errors name the file (and line): missing files or folder, a malformed line, a wrong number
 /// of columns, a row naming an image not in the folder, an image without attribute or
-/// partition row, and bad images per `opts.on_bad_image`.
+/// partition row, and bad images per `opts.on_bad_image`. Pixels are kept per
+/// [`PixelStorage::from_env`] (see [`load_celeba_with`]).
 pub fn load_celeba(
     root: &Path,
     opts: &CelebaOptions,
+    progress: Option<Progress<'_>>,
+) -> Result<Dataset, DataError> {
+    load_celeba_with(root, opts, &PixelStorage::from_env(), progress)
+}
+
+/// Like [`load_celeba`], with the images streamed into pixel storage per `storage` (memory,
+/// or a pending pixel file: the full 202,599 images take 2.5 GB), a chunk of files at a time.
+pub fn load_celeba_with(
+    root: &Path,
+    opts: &CelebaOptions,
+    storage: &PixelStorage,
     progress: Option<Progress<'_>>,
 ) -> Result<Dataset, DataError> {
     let image_dir = root.join(CELEBA_IMAGE_DIR);
@@ -308,7 +320,13 @@ pub fn load_celeba(
         }
     }
     let paths: Vec<PathBuf> = selected.iter().map(|name| image_dir.join(name)).collect();
-    let prepared = preprocess_files(&paths, opts.crop.crop(), opts.on_bad_image, progress)?;
+    let prepared = preprocess_files(
+        &paths,
+        opts.crop.crop(),
+        opts.on_bad_image,
+        storage,
+        progress,
+    )?;
     prepared.ensure_some(&image_dir)?;
 
     let mut sample_ids = Vec::with_capacity(prepared.kept.len());

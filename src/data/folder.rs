@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::image_prep::{preprocess_files, Crop, Progress};
-use super::{hash_split, DataError, Dataset, OnBadImage, SampleInfo};
+use super::{hash_split, DataError, Dataset, OnBadImage, PixelStorage, SampleInfo};
 
 /// File extensions (lower case) that are treated as images.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "pgm", "ppm"];
@@ -100,9 +100,21 @@ pub fn folder_dataset_id(dir: &Path, opts: &FolderOptions) -> String {
 /// to 64x64 in parallel; `progress` gets `(done, total)`. Splits come from [`hash_split`].
 ///
 /// Errors: no image files, every image bad, or (with [`OnBadImage::Reject`]) any bad image.
+/// Pixels are kept per [`PixelStorage::from_env`] (see [`load_folder_with`]).
 pub fn load_folder(
     dir: &Path,
     opts: &FolderOptions,
+    progress: Option<Progress<'_>>,
+) -> Result<Dataset, DataError> {
+    load_folder_with(dir, opts, &PixelStorage::from_env(), progress)
+}
+
+/// Like [`load_folder`], with the images streamed into pixel storage per `storage` (memory,
+/// or a pending pixel file for a large folder), a chunk of files at a time.
+pub fn load_folder_with(
+    dir: &Path,
+    opts: &FolderOptions,
+    storage: &PixelStorage,
     progress: Option<Progress<'_>>,
 ) -> Result<Dataset, DataError> {
     if !(0.0..=1.0).contains(&opts.test_fraction) {
@@ -121,7 +133,7 @@ pub fn load_folder(
         });
     }
     let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
-    let prepared = preprocess_files(&paths, opts.crop, opts.on_bad_image, progress)?;
+    let prepared = preprocess_files(&paths, opts.crop, opts.on_bad_image, storage, progress)?;
     prepared.ensure_some(dir)?;
     let sample_ids: Vec<String> = prepared.kept.iter().map(|&i| files[i].0.clone()).collect();
     let splits = sample_ids

@@ -9,7 +9,9 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, OnBadImage, SkippedImage, IMAGE_LEN, IMAGE_SIZE};
+use super::{
+    DataError, OnBadImage, PixelSink, PixelStorage, Pixels, SkippedImage, IMAGE_LEN, IMAGE_SIZE,
+};
 
 /// A progress callback: `(done, total)`, called from worker threads.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
@@ -136,8 +138,9 @@ pub fn preprocess_file(path: &Path, crop: Crop) -> Result<Vec<u8>, DataError> {
 pub struct Preprocessed {
     /// Positions (into the input path list) of the images that loaded, increasing.
     pub kept: Vec<usize>,
-    /// `kept.len() * IMAGE_LEN` bytes, in the order of `kept`.
-    pub pixels: Vec<u8>,
+    /// `kept.len() * IMAGE_LEN` bytes, in the order of `kept` (in memory or in a pending
+    /// pixel file, per the [`PixelStorage`] given).
+    pub pixels: Pixels,
     /// The images that failed (only with [`OnBadImage::Skip`]), in path order.
     pub skipped: Vec<SkippedImage>,
 }
@@ -159,13 +162,20 @@ impl Preprocessed {
     }
 }
 
-/// Preprocesses `paths` in parallel (rayon) with the same `crop`. A bad image is skipped
-/// (recorded and logged with `log::warn!`) or fails the call with the first error in path
-/// order, according to `on_bad_image`. `progress` gets `(done, total)` after each file.
+/// Images decoded in parallel per chunk; the chunk's pixels (12 MiB) are then appended to the
+/// sink in path order, so memory does not grow with the number of files.
+const CHUNK_FILES: usize = 1024;
+
+/// Preprocesses `paths` with the same `crop`, a chunk of files at a time (each chunk in
+/// parallel with rayon), appending the images to a [`PixelSink`] under `storage` (so a large
+/// set goes to a file instead of memory). A bad image is skipped (recorded and logged with
+/// `log::warn!`) or fails the call with the first error in path order, according to
+/// `on_bad_image`. `progress` gets `(done, total)` after each file.
 pub fn preprocess_files(
     paths: &[PathBuf],
     crop: Crop,
     on_bad_image: OnBadImage,
+    storage: &PixelStorage,
     progress: Option<Progress<'_>>,
 ) -> Result<Preprocessed, DataError> {
     let total = paths.len();
@@ -173,52 +183,48 @@ pub fn preprocess_files(
         report(0, total);
     }
     let done = AtomicUsize::new(0);
-    let mut pixels = vec![0u8; total * IMAGE_LEN];
-    let results: Vec<Result<(), DataError>> = pixels
-        .par_chunks_mut(IMAGE_LEN)
-        .zip(paths.par_iter())
-        .map(|(out, path)| {
-            let result = preprocess_file(path, crop).map(|chw| out.copy_from_slice(&chw));
-            let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(report) = progress {
-                report(finished, total);
-            }
-            result
-        })
-        .collect();
-
+    let mut sink = PixelSink::new(storage, total)?;
     let mut kept = Vec::with_capacity(total);
     let mut skipped = Vec::new();
-    for (position, result) in results.into_iter().enumerate() {
-        match result {
-            Ok(()) => {
-                let target = kept.len();
-                if target != position {
-                    pixels.copy_within(
-                        position * IMAGE_LEN..(position + 1) * IMAGE_LEN,
-                        target * IMAGE_LEN,
-                    );
+    let mut chunk_pixels = Vec::with_capacity(CHUNK_FILES.min(total) * IMAGE_LEN);
+    for (chunk_index, chunk) in paths.chunks(CHUNK_FILES).enumerate() {
+        let results: Vec<Result<Vec<u8>, DataError>> = chunk
+            .par_iter()
+            .map(|path| {
+                let result = preprocess_file(path, crop);
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(report) = progress {
+                    report(finished, total);
                 }
-                kept.push(position);
+                result
+            })
+            .collect();
+        chunk_pixels.clear();
+        for (offset, result) in results.into_iter().enumerate() {
+            let position = chunk_index * CHUNK_FILES + offset;
+            match result {
+                Ok(chw) => {
+                    chunk_pixels.extend_from_slice(&chw);
+                    kept.push(position);
+                }
+                Err(error) => match on_bad_image {
+                    OnBadImage::Reject => return Err(error),
+                    OnBadImage::Skip => {
+                        let reason = error.to_string();
+                        log::warn!("skipping image: {reason}");
+                        skipped.push(SkippedImage {
+                            path: paths[position].clone(),
+                            reason,
+                        });
+                    }
+                },
             }
-            Err(error) => match on_bad_image {
-                OnBadImage::Reject => return Err(error),
-                OnBadImage::Skip => {
-                    let reason = error.to_string();
-                    log::warn!("skipping image: {reason}");
-                    skipped.push(SkippedImage {
-                        path: paths[position].clone(),
-                        reason,
-                    });
-                }
-            },
         }
+        sink.push(&chunk_pixels)?;
     }
-    pixels.truncate(kept.len() * IMAGE_LEN);
-    pixels.shrink_to_fit();
     Ok(Preprocessed {
         kept,
-        pixels,
+        pixels: sink.finish()?,
         skipped,
     })
 }

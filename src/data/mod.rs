@@ -5,18 +5,27 @@
 //! only place that knows that pixel layout.
 //!
 //! Sources: the shipped ORL faces ([`orl::orl`]), any image folder ([`folder::load_folder`]),
-//! CelebA ([`celeba::load_celeba`]). Preprocessed datasets can be cached on disk
-//! ([`cache::cached`]).
+//! CelebA ([`celeba::load_celeba`]), synthetic faces ([`synthfaces::generate`]). Preprocessed
+//! datasets can be cached on disk ([`cache::cached`]).
+//!
+//! Memory stays bounded for large datasets: pixels live in a [`Pixels`] store, in memory for
+//! small datasets and in the cache file (read on demand) for large ones; loaders stream their
+//! images into a [`PixelSink`] (see [`pixels`] and [`cache`]).
 
 pub mod cache;
+mod cache_v1;
+mod cache_v2;
 pub mod celeba;
 mod error;
 pub mod folder;
 pub mod image_prep;
 pub mod npy;
 pub mod orl;
+pub mod pixels;
+mod sink;
 pub mod synthfaces;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -24,11 +33,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use cache::{cache_dir, cached};
-pub use celeba::{load_celeba, paper_support_set, CelebaCrop, CelebaOptions, PAPER_SUPPORT_SET};
+pub use celeba::{
+    load_celeba, load_celeba_with, paper_support_set, CelebaCrop, CelebaOptions, PAPER_SUPPORT_SET,
+};
 pub use error::DataError;
-pub use folder::{load_folder, FolderOptions};
+pub use folder::{load_folder, load_folder_with, FolderOptions};
 pub use image_prep::{preprocess_file, Crop};
 pub use orl::{import_orl_dir, orl};
+pub use pixels::{PixelStorage, Pixels};
+pub use sink::PixelSink;
 
 /// Side length in pixels of every preprocessed image (images are square).
 pub const IMAGE_SIZE: usize = 64;
@@ -92,8 +105,9 @@ pub struct Dataset {
     pub sample_ids: Vec<String>,
     /// Split of each sample (one per sample).
     pub splits: Vec<Split>,
-    /// `N * IMAGE_LEN` bytes: each image CHW, RGB (grayscale replicated to 3 channels).
-    pub pixels: Vec<u8>,
+    /// `N * IMAGE_LEN` bytes: each image CHW, RGB (grayscale replicated to 3 channels), in
+    /// memory or in a file read on demand. A `Vec<u8>` converts with `.into()`.
+    pub pixels: Pixels,
     /// Extra per-sample information.
     pub info: SampleInfo,
     /// Images that were left out while loading.
@@ -105,7 +119,7 @@ impl std::fmt::Debug for Dataset {
         f.debug_struct("Dataset")
             .field("id", &self.id)
             .field("len", &self.len())
-            .field("pixels_len", &self.pixels.len())
+            .field("pixels", &self.pixels)
             .field("skipped", &self.skipped.len())
             .finish_non_exhaustive()
     }
@@ -132,17 +146,34 @@ impl Dataset {
             .collect()
     }
 
-    /// The `IMAGE_LEN` bytes (CHW, RGB) of image `index`; an empty slice if `index` is out of
-    /// range (use [`Dataset::batch`] for checked access).
-    pub fn image_u8(&self, index: usize) -> &[u8] {
-        let start = index.saturating_mul(IMAGE_LEN);
-        self.pixels
-            .get(start..start.saturating_add(IMAGE_LEN))
-            .unwrap_or(&[])
+    /// The `IMAGE_LEN` bytes (CHW, RGB) of image `index`: borrowed when the pixels are in
+    /// memory, read from the file otherwise. Empty if `index` is out of range or the file
+    /// cannot be read (logged; use [`Dataset::try_image_u8`] or [`Dataset::batch`] for checked
+    /// access).
+    pub fn image_u8(&self, index: usize) -> Cow<'_, [u8]> {
+        if index >= self.len() {
+            return Cow::Borrowed(&[]);
+        }
+        self.try_image_u8(index).unwrap_or_else(|error| {
+            log::error!("cannot read image {index} of {}: {error}", self.id);
+            Cow::Borrowed(&[])
+        })
+    }
+
+    /// The `IMAGE_LEN` bytes (CHW, RGB) of image `index`; errors when `index` is out of range
+    /// or the pixel file cannot be read.
+    pub fn try_image_u8(&self, index: usize) -> Result<Cow<'_, [u8]>, DataError> {
+        if index >= self.len() {
+            return Err(DataError::IndexOutOfRange {
+                index,
+                len: self.len(),
+            });
+        }
+        self.pixels.images(index, 1)
     }
 
     /// Mean squared difference per value (pixels scaled to [0, 1]) between images `a` and `b`;
-    /// 0 when either index is out of range.
+    /// 0 when either index is out of range (or unreadable).
     pub fn image_mse(&self, a: usize, b: usize) -> f64 {
         let (x, y) = (self.image_u8(a), self.image_u8(b));
         if x.is_empty() || y.is_empty() {
@@ -150,7 +181,7 @@ impl Dataset {
         }
         let sum: u64 = x
             .iter()
-            .zip(y)
+            .zip(y.iter())
             .map(|(&p, &q)| {
                 let d = u64::from(p.abs_diff(q));
                 d * d
@@ -160,23 +191,31 @@ impl Dataset {
     }
 
     /// An `f32` tensor of shape `[n, 3, 64, 64]` with values in `[0, 1]` holding the images at
-    /// `indices` (in that order). Errors on an out-of-range index.
+    /// `indices` (in that order). Runs of consecutive indices are read from a pixel file with
+    /// one read each. Errors on an out-of-range index or an unreadable pixel file.
     pub fn batch(
         &self,
         indices: &[usize],
         device: &candle_core::Device,
     ) -> Result<candle_core::Tensor, DataError> {
-        let n = self.pixels.len() / IMAGE_LEN;
+        let n = self.len().min(self.pixels.num_images());
+        if let Some(&index) = indices.iter().find(|&&index| index >= n) {
+            return Err(DataError::IndexOutOfRange {
+                index,
+                len: self.len(),
+            });
+        }
         let mut values = Vec::with_capacity(indices.len() * IMAGE_LEN);
-        for &index in indices {
-            if index >= self.len() || index >= n {
-                return Err(DataError::IndexOutOfRange {
-                    index,
-                    len: self.len(),
-                });
+        let mut at = 0;
+        while at < indices.len() {
+            let first = indices[at];
+            let mut run = 1;
+            while at + run < indices.len() && indices[at + run] == first + run {
+                run += 1;
             }
-            let image = &self.pixels[index * IMAGE_LEN..(index + 1) * IMAGE_LEN];
-            values.extend(image.iter().map(|&v| f32::from(v) / 255.0));
+            let images = self.pixels.images(first, run)?;
+            values.extend(images.iter().map(|&v| f32::from(v) / 255.0));
+            at += run;
         }
         let shape = (indices.len(), IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE);
         Ok(candle_core::Tensor::from_vec(values, shape, device)?)

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use super::image_prep::{preprocess_files, Crop};
 use super::npy::{parse_npy_u8, write_npy_u8};
 use super::{
-    DataError, Dataset, OnBadImage, SampleInfo, Split, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE,
+    DataError, Dataset, OnBadImage, PixelStorage, Pixels, SampleInfo, Split, IMAGE_CHANNELS,
+    IMAGE_LEN, IMAGE_SIZE,
 };
 
 /// Number of people in the ORL database.
@@ -48,7 +49,7 @@ fn orl_order() -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Builds the ORL dataset (ids, identities, splits) around `pixels` (400 CHW RGB images).
-fn orl_dataset(pixels: Vec<u8>) -> Dataset {
+fn orl_dataset(pixels: Pixels) -> Dataset {
     let sample_ids = orl_order().map(|(s, i)| format!("s{s}/{i}.pgm")).collect();
     let splits = orl_order().map(|(_, i)| orl_split(i)).collect();
     let identity = orl_order().map(|(s, _)| (s - 1) as u32).collect();
@@ -72,7 +73,13 @@ pub fn import_orl_dir(dir: &Path) -> Result<Dataset, DataError> {
     let paths: Vec<PathBuf> = orl_order()
         .map(|(s, i)| dir.join(format!("s{s}")).join(format!("{i}.pgm")))
         .collect();
-    let prepared = preprocess_files(&paths, Crop::Center, OnBadImage::Reject, None)?;
+    let prepared = preprocess_files(
+        &paths,
+        Crop::Center,
+        OnBadImage::Reject,
+        &PixelStorage::in_memory(),
+        None,
+    )?;
     Ok(orl_dataset(prepared.pixels))
 }
 
@@ -95,7 +102,7 @@ pub fn orl_from_gray(gray: &[u8], source: &Path) -> Result<Dataset, DataError> {
             pixels.extend_from_slice(image);
         }
     }
-    Ok(orl_dataset(pixels))
+    Ok(orl_dataset(pixels.into()))
 }
 
 /// The shipped ORL faces (embedded in the binary, so it works from any directory): 400

@@ -9,13 +9,15 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{hash_split, DataError, Dataset, SampleInfo, IMAGE_LEN};
+use super::{hash_split, DataError, Dataset, PixelSink, PixelStorage, SampleInfo, IMAGE_LEN};
 use crate::model::LatentModel;
 
 /// Default number of images of the embedded default dataset.
 pub const DEFAULT_NUM: usize = 12_000;
 /// Fraction of samples held out as the test split.
 pub const TEST_FRACTION: f64 = 0.1;
+/// Images generated per generator call.
+const BATCH: usize = 128;
 
 /// The dataset id for `num` images from `seed`.
 pub fn dataset_id(num: usize, seed: u64) -> String {
@@ -32,11 +34,25 @@ pub fn generating_latent(seed: u64, index: usize, dim: usize) -> Vec<f32> {
 }
 
 /// Generates `num` images with `generator` (the reference DCGAN) from `seed`, in batches,
-/// reporting `(done, total)` to `progress`.
+/// reporting `(done, total)` to `progress`. Pixels are kept per [`PixelStorage::from_env`]
+/// (see [`generate_with`]).
 pub fn generate(
     generator: &dyn LatentModel,
     num: usize,
     seed: u64,
+    progress: Option<&(dyn Fn(usize, usize) + Sync)>,
+) -> Result<Dataset, DataError> {
+    generate_with(generator, num, seed, &PixelStorage::from_env(), progress)
+}
+
+/// Like [`generate`], appending each batch of images to pixel storage per `storage` (memory,
+/// or a pending pixel file for a large `num`), so memory holds one batch of images plus the
+/// generating latents (`num x 100` f32).
+pub fn generate_with(
+    generator: &dyn LatentModel,
+    num: usize,
+    seed: u64,
+    storage: &PixelStorage,
     progress: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) -> Result<Dataset, DataError> {
     let id = dataset_id(num, seed);
@@ -45,9 +61,9 @@ pub fn generate(
         id: id.clone(),
         message: format!("generator failed: {e}"),
     };
-    let mut pixels = Vec::with_capacity(num * IMAGE_LEN);
+    let mut sink = PixelSink::new(storage, num)?;
     let mut latents = Vec::with_capacity(num * dim);
-    const BATCH: usize = 128;
+    let mut bytes = Vec::with_capacity(BATCH * IMAGE_LEN);
     for start in (0..num).step_by(BATCH) {
         let n = BATCH.min(num - start);
         let z: Vec<f32> = (start..start + n)
@@ -59,7 +75,18 @@ pub fn generate(
             .flatten_all()
             .and_then(|t| t.to_vec1())
             .map_err(|e| err(e.into()))?;
-        pixels.extend(v.iter().map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8));
+        if v.len() != n * IMAGE_LEN {
+            return Err(DataError::Invalid {
+                id: id.clone(),
+                message: format!(
+                    "the generator made {} values for {n} images of {IMAGE_LEN}",
+                    v.len()
+                ),
+            });
+        }
+        bytes.clear();
+        bytes.extend(v.iter().map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8));
+        sink.push(&bytes)?;
         latents.extend(z);
         if let Some(p) = progress {
             p(start + n, num);
@@ -79,7 +106,7 @@ pub fn generate(
         id,
         sample_ids,
         splits,
-        pixels,
+        pixels: sink.finish()?,
         info,
         skipped: Vec::new(),
     };

@@ -1,0 +1,78 @@
+//! `bench --scale N` through the real binary, at a tiny N: generates synthfaces into the
+//! cache (read back from disk), encodes them, and writes scale.json / scale.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::Device;
+use latent_atlas::model::{save_model, Family, Model, ModelConfig};
+
+fn run_scale(cache: &Path, out: &Path, model: &Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .args(["bench", "--scale", "40", "--scale-batch", "16"])
+        .arg("--scale-model")
+        .arg(model)
+        .arg("--scale-out")
+        .arg(out)
+        .env("LATENT_ATLAS_CACHE", cache)
+        .env("LATENT_ATLAS_MAX_IN_MEMORY_MB", "0")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("# Scale run: 40 images"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("scale.md")).unwrap();
+    assert_eq!(md, stdout);
+    serde_json::from_slice(&std::fs::read(out.join("scale.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn scale_bench_generates_encodes_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, out, model) = (
+        tmp.path().join("cache"),
+        tmp.path().join("results"),
+        tmp.path().join("model"),
+    );
+    let mut cfg = ModelConfig::new("tiny-vae", Family::Vae, 4);
+    cfg.base_channels = 4;
+    save_model(
+        &Model::new(cfg, &Device::Cpu, 1, false).unwrap(),
+        &model,
+        false,
+    )
+    .unwrap();
+
+    let first = run_scale(&cache, &out, &model);
+    assert_eq!(first["num_images"], 40);
+    assert_eq!(first["dataset"], "synthfaces:n=40:seed=0");
+    assert_eq!(first["cache_built_in_this_run"], true);
+    assert_eq!(first["pixels_in_memory"], false);
+    assert_eq!(first["latent_dim"], 4);
+    assert!(first["generate_img_per_s"].as_f64().unwrap() > 0.0);
+    assert!(first["encode_img_per_s"].as_f64().unwrap() > 0.0);
+    let cache_bytes = first["cache_file_bytes"].as_u64().unwrap();
+    assert!(cache_bytes > 40 * latent_atlas::data::IMAGE_LEN as u64);
+    if cfg!(target_os = "linux") {
+        let peak = first["peak_rss_bytes"].as_u64().unwrap();
+        assert!(peak > 0 && first["within_budget"] == true, "{first}");
+    }
+    // Only the cache file and the encodings are left in the cache folder.
+    let mut names: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("codes-") && names[1].starts_with("synthfaces-n-40-seed-0"));
+
+    // A second run opens the cache instead of generating.
+    let second = run_scale(&cache, &out, &model);
+    assert_eq!(second["cache_built_in_this_run"], false);
+    assert!(second["generate_img_per_s"].is_null());
+    assert_eq!(second["cache_file_bytes"].as_u64(), Some(cache_bytes));
+}
