@@ -80,6 +80,43 @@ class Vae(nn.Module):
         return s * x1 + (1 - s) * x2
 
 
+class BnGenerator(nn.Module):
+    """src/model/gan.rs Generator: the decoder layout with batch norm after fc and every
+    transposed conv (no conv bias), leaky ReLU, 3x3 conv out, sigmoid."""
+
+    def __init__(self, d, c=32):
+        super().__init__()
+        self.c = c
+        self.fc = nn.Linear(d, 8 * c * 16)
+        w = [8 * c, 4 * c, 2 * c, c, c // 2]
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(w[i], w[i + 1], 4, 2, 1, bias=False) for i in range(4)])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(w[i]) for i in range(5)])
+        self.out = nn.Conv2d(c // 2, 3, 3, 1, 1)
+
+    def forward(self, z):
+        h = leaky(self.norms[0](self.fc(z).view(-1, 8 * self.c, 4, 4)))
+        for up, norm in zip(self.ups, self.norms[1:]):
+            h = leaky(norm(up(h)))
+        return torch.sigmoid(self.out(h))
+
+
+class BnDiscriminator(nn.Module):
+    """src/model/gan.rs Discriminator: the encoder's convs, batch norm after convs 2-4."""
+
+    def __init__(self, c=32):
+        super().__init__()
+        w = [3, c, 2 * c, 4 * c, 8 * c]
+        self.convs = nn.ModuleList([nn.Conv2d(w[i], w[i + 1], 4, 2, 1) for i in range(4)])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(w[i + 1]) for i in range(1, 4)])
+        self.head = nn.Linear(8 * c * 16, 1)
+
+    def forward(self, x):
+        h = leaky(self.convs[0](x))
+        for conv, norm in zip(self.convs[1:], self.norms):
+            h = leaky(norm(conv(h)))
+        return self.head(h.flatten(1))
+
+
 class Head(nn.Module):
     def __init__(self, out, c=32):
         super().__init__()
@@ -142,7 +179,7 @@ def main():
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         out[f"train_{name}_img_s"] = b / timeit(vae_step(m, opt, d), rep)
 
-    gen, disc = Decoder(64), Head(1)
+    gen, disc = BnGenerator(64), BnDiscriminator()
     if cl:
         gen, disc = gen.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     og = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -162,6 +199,7 @@ def main():
 
     out["train_gan_img_s"] = b / timeit(gan_step, rep)
 
+    gen.eval()
     rec = Head(64)
     if cl:
         rec = rec.to(memory_format=torch.channels_last)

@@ -100,3 +100,78 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
     x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
         .broadcast_add(&shift.reshape((1, (), 1, 1))?)
 }
+
+/// Batch normalisation over `[B, C, H, W]` with variables `weight`, `bias`, `running_mean`,
+/// `running_var` (PyTorch names, ε = 1e-5).
+///
+/// Training uses the batch statistics ([`BatchNorm::forward_batch`], which also returns them);
+/// inference uses the stored running statistics ([`BatchNorm::forward_eval`]). The running
+/// statistics are not updated as a side effect of the forward pass (candle-nn's `batch_norm`
+/// keeps them in copies that never reach the variable map): the owner re-estimates them with
+/// [`BatchNorm::set_running`] from batch statistics (see `gan::Gan::calibrate_batch_norm`).
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    name: String,
+}
+
+/// ε of [`BatchNorm`].
+pub const BN_EPS: f64 = 1e-5;
+
+impl BatchNorm {
+    /// Creates the four variables of a `c`-channel batch norm under `vb`.
+    pub fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(c, "weight")?,
+            bias: vb.get(c, "bias")?,
+            running_mean: vb.get(c, "running_mean")?,
+            running_var: vb.get(c, "running_var")?,
+            name: vb.prefix(),
+        })
+    }
+    /// Variable-name prefix (e.g. `gen.n0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Normalises with the batch statistics; returns `(y, mean [C], biased variance [C])`.
+    pub fn forward_batch(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+        let inv = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+        let scale = inv.broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?;
+        let y = xc
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        Ok((y, mean.flatten_all()?, var.flatten_all()?))
+    }
+    /// Normalises with the running statistics (inference).
+    pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let scale = ((&self.running_var + BN_EPS)?.sqrt()?.recip()? * &self.weight)?;
+        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+        channel_affine(x, &scale, &shift)
+    }
+    /// Writes new running statistics into this layer's variables in `varmap`.
+    pub fn set_running(
+        &self,
+        varmap: &candle_nn::VarMap,
+        mean: &Tensor,
+        var: &Tensor,
+    ) -> candle_core::Result<()> {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        for (suffix, value) in [("running_mean", mean), ("running_var", var)] {
+            let key = format!("{}.{suffix}", self.name);
+            match data.get(&key) {
+                Some(v) => v.set(&value.detach().to_dtype(v.dtype())?)?,
+                None => candle_core::bail!("no variable {key} in the model"),
+            }
+        }
+        Ok(())
+    }
+}
