@@ -33,7 +33,7 @@ fn tiny_dataset() -> Dataset {
         id: "test:gradients".into(),
         sample_ids: (0..n).map(|i| format!("g{i}")).collect(),
         splits: vec![Split::Test; n],
-        pixels,
+        pixels: pixels.into(),
         info: Default::default(),
         skipped: vec![],
     }

@@ -124,7 +124,7 @@ fn dataset(n: usize, info: SampleInfo) -> Dataset {
                 }
             })
             .collect(),
-        pixels: vec![0; n * IMAGE_LEN],
+        pixels: vec![0; n * IMAGE_LEN].into(),
         info,
         skipped: vec![],
     }

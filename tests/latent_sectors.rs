@@ -156,7 +156,10 @@ fn tiny_dataset(n: usize, seed: u64) -> Dataset {
         id: format!("test:random:{n}"),
         sample_ids: (0..n).map(|i| format!("img{i}")).collect(),
         splits: vec![Split::Train; n],
-        pixels: (0..n * IMAGE_LEN).map(|_| rng.random::<u8>()).collect(),
+        pixels: (0..n * IMAGE_LEN)
+            .map(|_| rng.random::<u8>())
+            .collect::<Vec<u8>>()
+            .into(),
         info: Default::default(),
         skipped: vec![],
     }
@@ -331,7 +334,7 @@ fn spread_check_finds_extreme_images_further_apart() {
     // Images 0..4 are black or white (extreme), the rest mid-grey with noise.
     let mut ds = tiny_dataset(40, 8);
     for i in 0..40 {
-        let img = &mut ds.pixels[i * IMAGE_LEN..(i + 1) * IMAGE_LEN];
+        let img = &mut ds.pixels.as_mut_slice().unwrap()[i * IMAGE_LEN..(i + 1) * IMAGE_LEN];
         for (k, p) in img.iter_mut().enumerate() {
             *p = match i {
                 0 | 2 => 0,

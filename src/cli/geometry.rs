@@ -18,7 +18,7 @@ use crate::latent::estimators::{Estimator, LinearMap};
 use crate::latent::grassmann::{
     distance_curve, random_subspace, transfer_bases, warp_experiment, GrassmannMetric, WarpReport,
 };
-use crate::latent::local_basis::DEFAULT_JACOBIAN_EPS;
+use crate::latent::local_basis::{mapping_warp_experiment, DEFAULT_JACOBIAN_EPS};
 use crate::latent::pipeline::{
     cached_gains, eval_indices, fit_pair, source_support_set, train_indices, FitOn, Loaded,
     PairOptions,
@@ -31,6 +31,16 @@ use crate::latent::support::random_support_set;
 use crate::model::LatentModel;
 use crate::progress::Cancel;
 
+/// Whose Jacobian gives the local bases of the warpage table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum JacobianOf {
+    /// The decoder's, at the dataset's codes (any model; for `style` the synthesis network in
+    /// W, for `style-z` the whole generator in Z).
+    Decoder,
+    /// A style model's mapping network Z → W at z ~ N(0, I): the paper's Local Basis of W.
+    Mapping,
+}
+
 /// Local Basis warpage of one model (distances between local bases vs k) and, with --pair,
 /// how well a support-set lstsq map carries one model's local basis onto the other's.
 #[derive(Debug, Args)]
@@ -38,6 +48,10 @@ pub struct LocalBasisArgs {
     /// Model name (zoo) or directory for the warpage table.
     #[arg(long)]
     pub model: Option<String>,
+    /// Local bases of the warpage table from the decoder's or (style models) the mapping
+    /// network's Jacobian.
+    #[arg(long, value_enum, default_value = "decoder")]
+    pub jacobian: JacobianOf,
     /// Dataset spec whose codes give the base points.
     #[arg(long, default_value = "synthfaces")]
     pub data: String,
@@ -108,7 +122,7 @@ fn usable_ks(ks: &[usize], d: usize) -> Result<Vec<usize>> {
     Ok(kept)
 }
 
-fn support_map(
+pub(super) fn support_map(
     src: &Loaded,
     tgt: &Loaded,
     ds: &Dataset,
@@ -241,10 +255,21 @@ pub fn run_local_basis(a: LocalBasisArgs) -> Result<()> {
     let mut json = serde_json::Map::new();
     let mut series: Vec<Series> = Vec::new();
     if let Some(name) = &a.model {
-        let loaded = load_loaded(name, &ds)?;
-        let ks = usable_ks(&a.ks, loaded.model.latent_dim())?;
-        let codes = loaded.encodings.rows(&train_indices(&ds));
-        let report = warp_experiment(&loaded.model, &codes, a.points, &ks, a.eps_near, a.seed)?;
+        let report = if a.jacobian == JacobianOf::Mapping {
+            let model = crate::zoo::load_model(name, &Device::Cpu)?;
+            let ks = usable_ks(&a.ks, model.latent_dim())?;
+            if !a.json {
+                println!(
+                    "mapping network Z → W of {name}: local bases in W at w = f(z), z ~ N(0, I)"
+                );
+            }
+            mapping_warp_experiment(&model, a.points, &ks, a.eps_near, a.seed)?
+        } else {
+            let loaded = load_loaded(name, &ds)?;
+            let ks = usable_ks(&a.ks, loaded.model.latent_dim())?;
+            let codes = loaded.encodings.rows(&train_indices(&ds));
+            warp_experiment(&loaded.model, &codes, a.points, &ks, a.eps_near, a.seed)?
+        };
         if !a.json {
             print_warp(&report, a.metric);
         }

@@ -115,7 +115,7 @@ pub fn run_models(a: ModelsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Decode random codes into a grid.
+/// Decode random prior draws z ~ N(0, I) into a grid (style models: through the mapping network).
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Model name (zoo) or directory.
@@ -144,7 +144,8 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
     let z: Vec<f32> = (0..a.n * d)
         .map(|_| rng.sample(rand_distr::StandardNormal))
         .collect();
-    let x = model.decode(&candle_core::Tensor::from_vec(z, (a.n, d), &device)?)?;
+    // prior draws: through the mapping network first for style models
+    let x = model.decode_prior(&candle_core::Tensor::from_vec(z, (a.n, d), &device)?)?;
     let cols = (a.n as f64).sqrt().ceil() as usize;
     crate::grid::save_grid(&x, cols, &a.out)?;
     println!(

@@ -28,7 +28,9 @@ pub struct TableArgs {
     /// Models (names or directories), comma separated; default: every zoo model with an encoder.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Map estimator: lstsq (the paper's), affine, ridge:λ, procrustes, sgd.
+    /// Map estimator: lstsq (the paper's), affine, ridge:λ, ridge:auto (λ by leave-one-out
+    /// error), procrustes, sgd. Pairs with a normalizing flow use ridge:auto instead of
+    /// lstsq/affine.
     #[arg(long, default_value = "lstsq")]
     estimator: String,
     /// Which fits to compare.
@@ -69,6 +71,8 @@ pub struct Row {
     pub fit_on: FitOn,
     /// Points the map was fitted on.
     pub fit_points: usize,
+    /// Estimator actually used (`ridge:auto` replaces lstsq/affine for pairs with a flow).
+    pub estimator: String,
     /// L-MSE.
     pub l_mse: f64,
     /// R-MSE (mean).
@@ -89,7 +93,11 @@ pub fn zoo_models() -> Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(&zoo)?.flatten() {
         if let Ok(c) = crate::model::store::read_config(&e.path()) {
-            if !matches!(c.family, Family::Gan | Family::Refdcgan) || c.recoder_trained {
+            if !matches!(
+                c.family,
+                Family::Gan | Family::Refdcgan | Family::Style | Family::StyleZ
+            ) || c.recoder_trained
+            {
                 names.push(c.name);
             }
         }
@@ -101,7 +109,8 @@ pub fn zoo_models() -> Result<Vec<String>> {
 fn objective(f: Family) -> &'static str {
     match f {
         Family::Vae | Family::Svae => "vae",
-        Family::Gan | Family::Refdcgan => "gan",
+        Family::Flow => "flow",
+        Family::Gan | Family::Refdcgan | Family::Style | Family::StyleZ => "gan",
     }
 }
 
@@ -174,7 +183,8 @@ pub fn run(a: TableArgs) -> Result<()> {
                     target: tgt.name().into(),
                     pair_type: pair_type(&src.model.config, &tgt.model.config),
                     fit_on,
-                    fit_points: idx.len(),
+                    fit_points: map.info.num_points,
+                    estimator: map.estimator.to_string(),
                     l_mse: m.l_mse,
                     r_mse: m.r_mse_mean,
                     m_mse: m.m_mse_mean,
@@ -198,16 +208,17 @@ pub fn run(a: TableArgs) -> Result<()> {
     }
     if let Some(p) = &a.csv {
         let mut s = String::from(
-            "source,target,type,fit_on,fit_points,l_mse,r_mse,m_mse,m_mse_std,cka,fit_ms\n",
+            "source,target,type,fit_on,fit_points,estimator,l_mse,r_mse,m_mse,m_mse_std,cka,fit_ms\n",
         );
         for r in &rows {
             s += &format!(
-                "{},{},{},{:?},{},{},{},{},{},{},{}\n",
+                "{},{},{},{:?},{},{},{},{},{},{},{},{}\n",
                 r.source,
                 r.target,
                 r.pair_type,
                 r.fit_on,
                 r.fit_points,
+                r.estimator,
                 r.l_mse,
                 r.r_mse,
                 r.m_mse,
@@ -230,6 +241,10 @@ fn print_table(
     opts: &PairOptions,
 ) {
     println!("Relocation on {dataset}: {} maps, metrics on {n_eval} held-out samples (mean MSE between random images: {random_pair:.4})\n", opts.estimator);
+    let requested = opts.estimator.to_string();
+    if let Some(r) = rows.iter().find(|r| r.estimator != requested) {
+        println!("Pairs with a normalizing flow use {} (λ by leave-one-out error: far more latent dimensions than support points).\n", r.estimator);
+    }
     let mut header = vec!["source → target".to_string(), "type".into(), "R-MSE".into()];
     for f in fits {
         header.push(format!("L-MSE ({f})"));

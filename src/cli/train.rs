@@ -23,10 +23,12 @@ pub struct TrainArgs {
     /// Training data: synthfaces[:n=N:seed=S], orl, folder:PATH, celeba:ROOT[:first=N].
     #[arg(long, default_value = "synthfaces")]
     pub data: String,
-    /// Latent dimension (64 for VAE and GAN, 128 for Split-VAE by default).
+    /// Latent dimension (64 for VAE and GAN, 128 for Split-VAE by default; a flow's is the
+    /// image's, 12288 = 3x64x64, and cannot be changed).
     #[arg(long)]
     pub latent_dim: Option<usize>,
-    /// Base channel width of the conv stacks.
+    /// Base channel width of the conv stacks (for flows: the coupling nets' width at the
+    /// first scale).
     #[arg(long, default_value_t = 32)]
     pub channels: usize,
     /// Random seed (initialisation, order, noise).
@@ -38,7 +40,7 @@ pub struct TrainArgs {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Learning rate (default 1e-3 for VAEs and recoders, 2e-4 for GANs).
+    /// Learning rate (default 1e-3 for VAEs and recoders, 2e-4 for GANs and style models).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Steps per epoch (default: one pass over the training split).
@@ -47,9 +49,17 @@ pub struct TrainArgs {
     /// Stop after this many steps in total.
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// For `--model recoder`: the GAN or reference-DCGAN model (name or directory).
+    /// For `--model recoder` / `recoder-z`: the GAN, reference-DCGAN or style model (name or
+    /// directory).
     #[arg(long)]
     pub generator: Option<String>,
+    /// Recoders: weight of the image-space MSE on real training images (through recoder and
+    /// generator) added to the latent MSE on generated samples; 0 = latent MSE only.
+    #[arg(long, default_value_t = 0.0)]
+    pub image_loss: f64,
+    /// Recoders: fine-tune the recoder already in `--generator` instead of starting fresh.
+    #[arg(long)]
+    pub keep_recoder: bool,
     /// Model name (default: the output directory's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -86,14 +96,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or("model".into())
     });
-    let latent_dim = a
-        .latent_dim
-        .unwrap_or(if a.model == TrainKind::Svae { 128 } else { 64 });
-    let lr = a.lr.unwrap_or(if a.model == TrainKind::Gan {
-        2e-4
-    } else {
-        1e-3
+    let latent_dim = a.latent_dim.unwrap_or(match a.model {
+        TrainKind::Svae => 128,
+        TrainKind::Flow => crate::model::flow::FLOW_LATENT_DIM,
+        _ => 64,
     });
+    let lr =
+        a.lr.unwrap_or(if matches!(a.model, TrainKind::Gan | TrainKind::Style) {
+            2e-4
+        } else {
+            1e-3
+        });
     let opts = TrainOptions {
         kind: a.model,
         name,
@@ -107,6 +120,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         max_steps: a.max_steps,
         generator,
         dataset_id: data.id.clone(),
+        image_loss: a.image_loss,
+        keep_recoder: a.keep_recoder,
     };
     let cancel = Cancel::new();
     let c2 = cancel.clone();
@@ -151,6 +166,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 q.random_pair_mse,
                 q.num_images
             );
+        }
+        let bpd = m
+            .config
+            .training
+            .as_ref()
+            .and_then(|t| t.get("heldout_bits_per_dim"));
+        if let Some(bpd) = bpd.and_then(|v| v.as_f64()) {
+            println!("held-out NLL {bpd:.3} bits/dim (loss and aux above: training bits/dim, mean ½z² per dim)");
         }
     }
     println!("model written to {}", report.model_dir.display());

@@ -6,6 +6,7 @@
 //! | `lstsq` | `Y ≈ X W` (the paper's map, no bias) | normal equations, Cholesky |
 //! | `affine` | `Y ≈ X W + b` | centred normal equations, `b = ȳ − x̄ W` |
 //! | `ridge:λ` | `min ‖Y − XW‖²_F + λ‖W‖²_F` | `(XᵀX + λI) W = XᵀY` |
+//! | `ridge:auto` | ridge, λ by exact leave-one-out error | eigen-decomposition of the smaller of `XXᵀ`, `XᵀX` |
 //! | `procrustes` | `Y ≈ s X R`, `R` orthonormal rows or columns | SVD of `XᵀY` |
 //! | `sgd` | `Y ≈ X W`, Adam on MSE + L2 (the paper's training) | candle, full batch |
 //!
@@ -13,6 +14,12 @@
 //! dimensions, or has condition number above [`super::linalg::COND_LIMIT`] (1e10), `lstsq`
 //! and `affine` do not fail: they fall back to ridge with `λ = 1e-6 · trace(XᵀX) / d_source`
 //! and record it in [`FitInfo::ridge_fallback`]. The output is always finite.
+//!
+//! **Far more dimensions than points** (a normalizing flow's 12,288-dimensional codes and a
+//! 150-point support set): `ridge:auto` ([`Estimator::RidgeCv`]) never forms the `d x d`
+//! matrix; with `n < d` it solves the dual (kernel) form `W = Xᵀ(XXᵀ + λI)⁻¹Y` on the `n x n`
+//! Gram matrix, and picks λ on a grid by exact leave-one-out error (see `ridge_cv.rs`). The
+//! pair workflow uses it automatically when either model is a flow.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,6 +56,10 @@ pub enum Estimator {
         /// The penalty λ.
         lambda: f64,
     },
+    /// Ridge without bias with λ chosen by exact leave-one-out error on a grid of
+    /// `mean eigenvalue · 10^{-6 … 3}` (half decades); the dual form when there are fewer
+    /// points than source dimensions. The chosen λ is in [`FitInfo::lambda`].
+    RidgeCv,
     /// Scaled orthogonal Procrustes without bias: `W = s·R` (see [`fit_procrustes`]).
     Procrustes,
     /// A dense layer without bias trained by full-batch Adam on `mean((XW − Y)²) + l2‖W‖²_F`,
@@ -80,6 +91,7 @@ impl fmt::Display for Estimator {
             Estimator::Lstsq => f.write_str("lstsq"),
             Estimator::Affine => f.write_str("affine"),
             Estimator::Ridge { lambda } => write!(f, "ridge:{lambda}"),
+            Estimator::RidgeCv => f.write_str("ridge:auto"),
             Estimator::Procrustes => f.write_str("procrustes"),
             Estimator::Sgd { steps, lr, l2 } => write!(f, "sgd:steps={steps},lr={lr},l2={l2}"),
         }
@@ -100,6 +112,7 @@ impl FromStr for Estimator {
             ("lstsq", None) => Ok(Estimator::Lstsq),
             ("affine", None) => Ok(Estimator::Affine),
             ("procrustes", None) => Ok(Estimator::Procrustes),
+            ("ridge", Some("auto")) | ("ridge-cv", None) => Ok(Estimator::RidgeCv),
             ("ridge", Some(a)) => {
                 let lambda: f64 = a.trim().parse().map_err(|_| bad())?;
                 Ok(Estimator::Ridge { lambda })
@@ -143,6 +156,12 @@ pub struct FitInfo {
     pub fit_secs: f64,
     /// Final training loss (`sgd` only).
     pub final_loss: Option<f64>,
+    /// The λ chosen by leave-one-out error (`ridge:auto` only).
+    #[serde(default)]
+    pub lambda: Option<f64>,
+    /// Leave-one-out mean squared error of the chosen λ, per target entry (`ridge:auto`).
+    #[serde(default)]
+    pub cv_mse: Option<f64>,
 }
 
 /// A linear map `z_in_target = z_in_source · weight (+ bias)`.
@@ -221,6 +240,7 @@ pub fn target_from_source(
     }
     check_finite("z_in_source", z_in_source)?;
     check_finite("z_in_target", z_in_target)?;
+    let mut cv = None;
     let (weight, bias, solve, final_loss) = match est {
         Estimator::Lstsq => fit_least_squares(z_in_source, z_in_target, None)?,
         Estimator::Ridge { lambda } => {
@@ -232,6 +252,16 @@ pub fn target_from_source(
             fit_least_squares(z_in_source, z_in_target, Some(*lambda))?
         }
         Estimator::Affine => fit_affine(z_in_source, z_in_target)?,
+        Estimator::RidgeCv => {
+            let fit = super::ridge_cv::fit_ridge_cv(z_in_source, z_in_target)?;
+            cv = Some((fit.lambda, fit.loo_mse));
+            let info = SolveInfo {
+                rank: fit.rank,
+                condition: fit.condition,
+                ridge_fallback: None,
+            };
+            (fit.weight, None, info, None)
+        }
         Estimator::Procrustes => {
             let (w, s) = fit_procrustes(z_in_source, z_in_target)?;
             (w, None, s, None)
@@ -256,6 +286,8 @@ pub fn target_from_source(
         ridge_fallback: solve.ridge_fallback,
         fit_secs: start.elapsed().as_secs_f64(),
         final_loss,
+        lambda: cv.map(|c| c.0),
+        cv_mse: cv.map(|c| c.1),
     };
     Ok(LinearMap {
         weight: weight.map(|v| v as f32),

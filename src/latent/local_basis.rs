@@ -16,16 +16,24 @@
 //! are clamped to zero. Each direction's sign is fixed so that its largest-magnitude entry is
 //! positive (deterministic output).
 //!
+//! For a style model the paper's own Local Basis lives in the intermediate space W and comes
+//! from the *mapping network* `f: Z → W`: [`mapping_local_basis`] takes the left singular
+//! vectors of its exact Jacobian at `z`, and [`mapping_warp_experiment`] runs the paper's
+//! "W is warped globally" test on them. (The decoder-Jacobian functions above give the
+//! synthesis network's local basis in W for the `style` family, and the whole generator's in
+//! Z for `style-z`.)
+//!
 //! All codes are plain `&[f32]` of length `d` (one code) or `nalgebra` matrices with one row
 //! per sample (`N x d`); directions are *columns* (`d x k`).
 
 use candle_core::{Device, Tensor, Var};
 use nalgebra::DMatrix;
 
+use super::grassmann::{distance_curve, random_subspace, GrassmannMetric, WarpReport, WarpRow};
 use super::linalg::{centred, cross_products};
 use super::{check_finite, LatentError, Result};
 use crate::data::{IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
-use crate::model::LatentModel;
+use crate::model::{LatentModel, Model, Net};
 
 /// Default step `eps` of the central differences, for unit-scale codes.
 pub const DEFAULT_JACOBIAN_EPS: f32 = 1e-2;
@@ -364,4 +372,182 @@ pub fn pca_directions(z_codes: &DMatrix<f32>, k: usize) -> Result<DMatrix<f32>> 
         ));
     }
     Ok(top_eigenvectors(cov, k)?.1)
+}
+
+/// The Local Basis of a style model's intermediate space W at `w = f(z)` (Choi et al., §3): the
+/// SVD `J = U Σ Vᵀ` of the mapping network's Jacobian `J = ∂f/∂z` (`d_w x d_z`); the top `k`
+/// left singular vectors span the directions in W along which `f` moves most near `w`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MappingBasis {
+    /// The top `k` singular values of `J`, descending.
+    pub singular_values: Vec<f64>,
+    /// `d_w x k`, orthonormal columns: the local basis of W (left singular vectors), each with
+    /// its largest-magnitude entry positive.
+    pub w_directions: DMatrix<f32>,
+    /// `d_z x k`: the matching right singular vectors (`J vᵢ = σᵢ uᵢ`), directions in Z.
+    pub z_directions: DMatrix<f32>,
+}
+
+fn style_net(model: &Model) -> Result<&crate::model::style::Style> {
+    match &model.net {
+        Net::Style(s) => Ok(s),
+        _ => Err(LatentError::InvalidArgument(format!(
+            "model {} is a {} model: the mapping-network Local Basis needs a style model",
+            model.config.name, model.config.family
+        ))),
+    }
+}
+
+/// The exact Jacobian `∂w/∂z` (`d x d`, rows = W, columns = Z) of a style model's mapping
+/// network at `z` (length `d`); errors for other families. See
+/// [`crate::model::style::Mapping::jacobian`].
+pub fn mapping_jacobian(model: &Model, z: &[f32]) -> Result<DMatrix<f64>> {
+    check_code(model, "z", z)?;
+    Ok(style_net(model)?.mapping().jacobian(z)?)
+}
+
+/// [`MappingBasis`] of a style model at `z` (length `d`, `1 ≤ k ≤ d`), by a full SVD of the
+/// `d x d` [`mapping_jacobian`] in `f64`.
+pub fn mapping_local_basis(model: &Model, z: &[f32], k: usize) -> Result<MappingBasis> {
+    let d = model.latent_dim();
+    if k == 0 || k > d {
+        return Err(LatentError::InvalidArgument(format!(
+            "a local basis needs 1 ≤ k ≤ d = {d}, got k = {k}"
+        )));
+    }
+    let jac = mapping_jacobian(model, z)?;
+    let svd = jac.svd(true, true);
+    let (Some(u), Some(v_t)) = (&svd.u, &svd.v_t) else {
+        return Err(LatentError::Degenerate(
+            "the SVD of the mapping Jacobian failed".into(),
+        ));
+    };
+    let sv = &svd.singular_values;
+    if sv.iter().any(|s| !s.is_finite()) {
+        return Err(LatentError::Degenerate(
+            "the mapping Jacobian is not finite".into(),
+        ));
+    }
+    let mut order: Vec<usize> = (0..sv.len()).collect();
+    order.sort_by(|&a, &b| sv[b].total_cmp(&sv[a]));
+    let mut w_directions = DMatrix::<f32>::zeros(u.nrows(), k);
+    let mut z_directions = DMatrix::<f32>::zeros(v_t.ncols(), k);
+    for (c, &i) in order.iter().take(k).enumerate() {
+        let col = u.column(i);
+        let pivot = col
+            .iter()
+            .fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let sign = if pivot < 0.0 { -1.0 } else { 1.0 };
+        for (out, v) in w_directions.column_mut(c).iter_mut().zip(col.iter()) {
+            *out = (sign * v) as f32;
+        }
+        for (out, v) in z_directions.column_mut(c).iter_mut().zip(v_t.row(i).iter()) {
+            *out = (sign * v) as f32;
+        }
+    }
+    Ok(MappingBasis {
+        singular_values: order.iter().take(k).map(|&i| sv[i]).collect(),
+        w_directions,
+        z_directions,
+    })
+}
+
+/// Number of prior draws whose `w = f(z)` give the global PCA directions of W in
+/// [`mapping_warp_experiment`].
+pub const MAPPING_PCA_SAMPLES: usize = 4096;
+
+/// The Local Basis paper's "is W warped globally?" test (its §5, Fig. 5) on a style model's
+/// mapping network: `num_points` base points `z ~ N(0, I)`, and for each the mapping Local
+/// Basis in W ([`mapping_local_basis`], dimension `max(ks)`) compared by Grassmannian distances
+/// with the one at another random `z`, at `z + eps_near·u` (`u` a random unit vector of Z),
+/// with random subspaces of W, and with the global top-`k` PCA directions of
+/// [`MAPPING_PCA_SAMPLES`] mapped draws (GANSpace). The Jacobians are exact, so the report's
+/// `jacobian_eps` is 0. Deterministic in `seed`.
+pub fn mapping_warp_experiment(
+    model: &Model,
+    num_points: usize,
+    ks: &[usize],
+    eps_near: f32,
+    seed: u64,
+) -> Result<WarpReport> {
+    use rand::{Rng, SeedableRng};
+    let style = style_net(model)?;
+    let d = model.latent_dim();
+    if num_points == 0 || !(eps_near.is_finite() && eps_near > 0.0) {
+        return Err(LatentError::InvalidArgument(format!(
+            "the warp test needs at least 1 point and eps_near > 0, got {num_points} and {eps_near}"
+        )));
+    }
+    let k_max = match ks.iter().copied().max() {
+        Some(k) if k <= d && !ks.contains(&0) => k,
+        _ => {
+            return Err(LatentError::InvalidArgument(format!(
+                "subspace dimensions {ks:?} must be non-empty and each in 1..={d}"
+            )))
+        }
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+            .collect()
+    };
+    let prior = Tensor::from_vec(
+        draw(MAPPING_PCA_SAMPLES * d),
+        (MAPPING_PCA_SAMPLES, d),
+        &Device::Cpu,
+    )?;
+    let w_rows: Vec<f32> = style
+        .map_z_to_w(&prior.to_device(model.device())?)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    let pca = pca_directions(
+        &DMatrix::from_row_slice(MAPPING_PCA_SAMPLES, d, &w_rows),
+        k_max,
+    )?;
+    let basis = |z: &[f32]| mapping_local_basis(model, z, k_max).map(|b| b.w_directions);
+    let mut bases: [Vec<DMatrix<f32>>; 5] = Default::default();
+    for i in 0..num_points {
+        let (z_a, z_b, u) = (draw(d), draw(d), draw(d));
+        let norm = u.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let z_near: Vec<f32> = z_a
+            .iter()
+            .zip(&u)
+            .map(|(z, u)| z + eps_near * u / norm)
+            .collect();
+        bases[0].push(basis(&z_a)?);
+        bases[1].push(basis(&z_b)?);
+        bases[2].push(basis(&z_near)?);
+        let s = seed.wrapping_mul(1_000_003).wrapping_add(2 * i as u64 + 1);
+        bases[3].push(random_subspace(d, k_max, s)?);
+        bases[4].push(random_subspace(d, k_max, s.wrapping_add(1))?);
+    }
+    let pcas = vec![pca; num_points];
+    let rows = |metric: GrassmannMetric| -> Result<Vec<WarpRow>> {
+        let random_pairs = distance_curve(&bases[0], &bases[1], ks, metric)?;
+        let near_pairs = distance_curve(&bases[0], &bases[2], ks, metric)?;
+        let random_subspaces = distance_curve(&bases[3], &bases[4], ks, metric)?;
+        let vs_global_pca = distance_curve(&bases[0], &pcas, ks, metric)?;
+        Ok((0..ks.len())
+            .map(|i| WarpRow {
+                k: ks[i],
+                random_pairs: random_pairs[i],
+                near_pairs: near_pairs[i],
+                random_subspaces: random_subspaces[i],
+                vs_global_pca: vs_global_pca[i],
+                max_distance: metric.max_distance(ks[i]),
+            })
+            .collect())
+    };
+    Ok(WarpReport {
+        model: model.config.name.clone(),
+        latent_dim: d,
+        num_points,
+        eps_near,
+        jacobian_eps: 0.0,
+        seed,
+        geodesic: rows(GrassmannMetric::Geodesic)?,
+        projection: rows(GrassmannMetric::Projection)?,
+    })
 }

@@ -72,16 +72,25 @@ pub fn linear_cka(x: &DMatrix<f32>, y: &DMatrix<f32>) -> Result<f64> {
     // Centre explicitly (no cancellation), then all products in f64 sums.
     let (xc, _) = centred(x);
     let (yc, _) = centred(y);
-    let (gxx, gxy) = cross_products(&xc, Some(&yc));
-    let (gyy, _) = cross_products(&yc, None);
-    let gxy = gxy.ok_or_else(|| LatentError::Degenerate("missing cross product".into()))?;
-    let (nx, ny) = (gxx.norm(), gyy.norm());
+    let n = x.nrows();
+    let (nx, ny, cross) = if x.ncols().max(y.ncols()) > n {
+        // Wide codes (e.g. a flow's 12,288 dimensions): the same quantities from the `N x N`
+        // Gram matrices, ‖YcᵀXc‖²_F = ⟨XcXcᵀ, YcYcᵀ⟩_F and ‖XcᵀXc‖_F = ‖XcXcᵀ‖_F.
+        let (kx, _) = cross_products(&xc.transpose(), None);
+        let (ky, _) = cross_products(&yc.transpose(), None);
+        (kx.norm(), ky.norm(), kx.dot(&ky))
+    } else {
+        let (gxx, gxy) = cross_products(&xc, Some(&yc));
+        let (gyy, _) = cross_products(&yc, None);
+        let gxy = gxy.ok_or_else(|| LatentError::Degenerate("missing cross product".into()))?;
+        (gxx.norm(), gyy.norm(), gxy.norm_squared())
+    };
     if !(nx > 0.0 && ny > 0.0) {
         return Err(LatentError::Degenerate(
             "CKA of a constant (zero-variance) input is undefined".into(),
         ));
     }
-    Ok((gxy.norm_squared() / (nx * ny)).clamp(0.0, 1.0))
+    Ok((cross / (nx * ny)).clamp(0.0, 1.0))
 }
 
 /// Singular values of `w` (any shape, e.g. a map's `d_source x d_target` weight), descending,

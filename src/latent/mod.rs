@@ -31,6 +31,7 @@
 pub mod encodings;
 pub mod estimators;
 pub mod gain;
+pub mod gain_screened;
 pub mod grassmann;
 pub mod linalg;
 pub mod local_basis;
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod probe;
 pub mod relocation;
+mod ridge_cv;
 pub mod sectors;
 mod sgd;
 pub mod support;
@@ -84,7 +86,7 @@ pub enum LatentError {
     #[error("cancelled")]
     Cancelled,
     /// An estimator name that cannot be parsed.
-    #[error("unknown estimator {0:?} (expected lstsq, affine, ridge:LAMBDA, procrustes or sgd[:steps=N,lr=X,l2=Y])")]
+    #[error("unknown estimator {0:?} (expected lstsq, affine, ridge:LAMBDA, ridge:auto, procrustes or sgd[:steps=N,lr=X,l2=Y])")]
     ParseEstimator(String),
     /// A support set names a sample that is not in the dataset.
     #[error("sample id {id:?} of the support set is not in dataset {dataset:?}: {}", path.display())]

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::encodings::{cached_encodings, weights_hash, Encodings, EncodingsError};
 use super::estimators::{target_from_source, Estimator, LinearMap};
 use super::gain::{reconstruction_gain, select_features, GainReport};
+use super::gain_screened::screened_reconstruction_gain;
 use super::relocation::{evaluate_relocation, RelocationMetrics};
 use super::support::{random_support_set, sector_support_set, SectorSupportOptions, SupportSet};
 use super::LatentError;
 use crate::data::{Dataset, Split};
-use crate::model::{LatentModel, Model};
+use crate::model::{Family, LatentModel, Model};
 use crate::progress::{Cancel, Progress};
 
 /// Errors of the pair workflow.
@@ -121,7 +122,9 @@ impl Default for PairOptions {
 }
 
 /// Reconstruction gain of `model` on the first `num_images` training images, cached on disk
-/// per (weights hash, dataset, number of images).
+/// per (weights hash, dataset, number of images). For a normalizing flow (12,288 variables)
+/// the screened rule of [`super::gain_screened`] is used: exact gains for the 32 variables
+/// of largest first-order estimate, the estimate for the others.
 pub fn cached_gains(
     loaded: &Loaded,
     ds: &Dataset,
@@ -131,7 +134,9 @@ pub fn cached_gains(
     cancel: &Cancel,
 ) -> Result<GainReport> {
     let hash = &loaded.encodings.model_hash;
-    let key = format!("{}|{}|{}", hash, ds.id, num_images);
+    let flow = loaded.model.family() == Family::Flow;
+    let rule = if flow { "|screened" } else { "" };
+    let key = format!("{}|{}|{}{rule}", hash, ds.id, num_images);
     let key_hash = format!(
         "{:x}",
         <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())
@@ -145,7 +150,11 @@ pub fn cached_gains(
     }
     let mut idx = train_indices(ds);
     idx.truncate(num_images);
-    let report = reconstruction_gain(&loaded.model, ds, &idx, progress, cancel)?;
+    let report = if flow {
+        screened_reconstruction_gain(&loaded.model, ds, &idx, progress, cancel)?
+    } else {
+        reconstruction_gain(&loaded.model, ds, &idx, progress, cancel)?
+    };
     let json = serde_json::to_string_pretty(&report).map_err(|e| PipelineError::Cache {
         msg: e.to_string(),
         path: path.clone(),
@@ -214,7 +223,28 @@ pub fn fit_indices(
     })
 }
 
-/// Fits `target_from_source` on the dataset samples `indices`.
+/// At most this many points are used by `ridge:auto` when the source has more dimensions
+/// than that (a flow fitted on the full training split): its dual form eigen-decomposes the
+/// `n x n` Gram matrix. They are evenly spaced over the given indices.
+pub const MAX_DUAL_POINTS: usize = 2000;
+
+/// The estimator a pair is actually fitted with: `lstsq` and `affine` become `ridge:auto`
+/// ([`Estimator::RidgeCv`], λ by leave-one-out error) when either model is a normalizing
+/// flow. A flow's 12,288 dimensions are far more than a support set's points, so least
+/// squares would interpolate (flow as source) or fit 12,288 unregularised regressions (flow as
+/// target). Explicit `ridge:λ`, `procrustes` and `sgd` are kept.
+pub fn pair_estimator(requested: &Estimator, source: &Loaded, target: &Loaded) -> Estimator {
+    let flow = [source, target]
+        .iter()
+        .any(|l| l.model.family() == Family::Flow);
+    match requested {
+        Estimator::Lstsq | Estimator::Affine if flow => Estimator::RidgeCv,
+        other => other.clone(),
+    }
+}
+
+/// Fits `target_from_source` on the dataset samples `indices`, with [`pair_estimator`] (the
+/// map records the estimator used; `info.num_points` the points, see [`MAX_DUAL_POINTS`]).
 pub fn fit_pair(
     source: &Loaded,
     target: &Loaded,
@@ -223,9 +253,22 @@ pub fn fit_pair(
     device: &Device,
 ) -> Result<LinearMap> {
     source.encodings.check_aligned(&target.encodings)?;
+    let estimator = pair_estimator(estimator, source, target);
+    let thinned: Vec<usize>;
+    let indices = if estimator == Estimator::RidgeCv
+        && indices.len() > MAX_DUAL_POINTS
+        && source.model.latent_dim() > MAX_DUAL_POINTS
+    {
+        thinned = (0..MAX_DUAL_POINTS)
+            .map(|i| indices[i * indices.len() / MAX_DUAL_POINTS])
+            .collect();
+        &thinned[..]
+    } else {
+        indices
+    };
     let zs = source.encodings.rows(indices);
     let zt = target.encodings.rows(indices);
-    Ok(target_from_source(&zs, &zt, estimator, device)?)
+    Ok(target_from_source(&zs, &zt, &estimator, device)?)
 }
 
 /// L-, R- and M-MSE (and the rest of [`RelocationMetrics`]) on the samples `indices`.

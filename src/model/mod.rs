@@ -8,11 +8,13 @@ pub mod activation;
 pub mod adam;
 pub mod conv;
 pub mod device;
+pub mod flow;
 pub mod gan;
 pub mod layers;
 pub mod quality;
 pub mod refdcgan;
 pub mod store;
+pub mod style;
 pub mod svae;
 pub mod train;
 pub mod vae;
@@ -81,6 +83,14 @@ pub enum Family {
     Gan,
     /// The pretrained DCGAN of `gan-face-generate` 1.1.1, with our recoder.
     Refdcgan,
+    /// Multi-scale normalizing flow (RealNVP/Glow); the latent has the image's 12,288
+    /// dimensions, `encode`/`decode` are the exact flow and its inverse.
+    Flow,
+    /// Style-based generator (mapping network Z → W, modulated synthesis); codes in W,
+    /// `encode` is its recoder into W.
+    Style,
+    /// The same style generator with codes in Z (the mapping network's input), its own recoder.
+    StyleZ,
 }
 
 impl fmt::Display for Family {
@@ -90,6 +100,9 @@ impl fmt::Display for Family {
             Family::Svae => "svae",
             Family::Gan => "gan",
             Family::Refdcgan => "refdcgan",
+            Family::Flow => "flow",
+            Family::Style => "style",
+            Family::StyleZ => "style-z",
         };
         f.write_str(s)
     }
@@ -138,6 +151,9 @@ pub struct ModelConfig {
     /// Where the weights come from, for outside models.
     #[serde(default)]
     pub provenance: Option<String>,
+    /// For flows: the architecture (levels, steps, width); `None` elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<flow::FlowArch>,
 }
 
 impl ModelConfig {
@@ -156,6 +172,7 @@ impl ModelConfig {
             training: None,
             quality: None,
             provenance: None,
+            flow: None,
         }
     }
 }
@@ -188,6 +205,10 @@ pub enum Net {
     Gan(gan::Gan),
     /// See [`refdcgan::RefDcgan`].
     Refdcgan(refdcgan::RefDcgan),
+    /// See [`flow::Flow`].
+    Flow(flow::Flow),
+    /// See [`style::Style`] (families `style` and `style-z`).
+    Style(style::Style),
 }
 
 impl Net {
@@ -205,6 +226,10 @@ impl Net {
             Family::Svae => Net::Svae(svae::Svae::new(vb, d, c)?),
             Family::Gan => Net::Gan(gan::Gan::new(vb, d, c, with_discriminator)?),
             Family::Refdcgan => Net::Refdcgan(refdcgan::RefDcgan::new(vb, d, c)?),
+            Family::Flow => Net::Flow(flow::Flow::for_config(cfg, vb)?),
+            Family::Style | Family::StyleZ => {
+                Net::Style(style::Style::new(vb, d, c, with_discriminator)?)
+            }
         })
     }
 }
@@ -232,6 +257,9 @@ impl Model {
         let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
         let net = Net::build(&config, vb, with_discriminator)?;
         store::init_weights(&varmap, seed)?;
+        if let Net::Flow(f) = &net {
+            f.identity_init(&varmap)?;
+        }
         Ok(Model {
             config,
             varmap,
@@ -307,7 +335,9 @@ impl LatentModel for Model {
             Net::Svae(m) => m.encode(&images)?.0,
             Net::Gan(m) if recoder_ok => m.recode(&images)?,
             Net::Refdcgan(m) if recoder_ok => m.recode(&images)?,
-            Net::Gan(_) | Net::Refdcgan(_) => return Err(unavailable()),
+            Net::Flow(m) => m.encode(&images)?,
+            Net::Style(m) if recoder_ok => m.recode(&images)?,
+            Net::Gan(_) | Net::Refdcgan(_) | Net::Style(_) => return Err(unavailable()),
         })
     }
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
@@ -318,6 +348,26 @@ impl LatentModel for Model {
             Net::Svae(m) => m.decode(&codes)?,
             Net::Gan(m) => m.generate(&codes)?,
             Net::Refdcgan(m) => m.generate(&codes)?,
+            Net::Flow(m) => m.decode(&codes)?,
+            Net::Style(m) => m.decode(&codes, self.style_view())?,
         })
+    }
+}
+
+impl Model {
+    fn style_view(&self) -> style::StyleView {
+        style::StyleView::of(self.config.family).unwrap_or(style::StyleView::W)
+    }
+    /// Samples from the prior: draws `z ~ N(0, I)` `[n, d]` → images `[n, 3, 64, 64]`. Equals
+    /// [`LatentModel::decode`] except for style models, whose codes are not the prior's: there
+    /// `z` goes through the whole mapping network first (pixel norm included).
+    pub fn decode_prior(&self, z: &Tensor) -> Result<Tensor> {
+        match &self.net {
+            Net::Style(m) => {
+                check_codes(z, self.config.latent_dim)?;
+                Ok(m.generate_from_z(&z.to_device(&self.device)?)?)
+            }
+            _ => self.decode(z),
+        }
     }
 }

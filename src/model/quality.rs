@@ -93,6 +93,8 @@ fn encode_any(model: &Model, x: &Tensor) -> Result<Tensor> {
         Net::Svae(m) => m.encode(x)?.0,
         Net::Gan(m) => m.recode(x)?,
         Net::Refdcgan(m) => m.recode(x)?,
+        Net::Flow(m) => m.encode(x)?,
+        Net::Style(m) => m.recode(x)?,
     })
 }
 
@@ -108,7 +110,7 @@ pub fn interleave_rows(orig: &Tensor, recon: &Tensor, cols: usize) -> Result<Ten
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Writes `samples_EEE.png` (64 decodes of fixed codes) and, for models with an encoder,
+/// Writes `samples_EEE.png` (64 samples from fixed prior draws, [`Model::decode_prior`]) and, for models with an encoder,
 /// `recon_EEE.png` (held-out originals above their reconstructions) into `dir`.
 pub fn write_epoch_grids(
     model: &Model,
@@ -120,13 +122,19 @@ pub fn write_epoch_grids(
 ) -> Result<()> {
     let werr = |e: crate::grid::GridError| ModelError::BadInput(e.to_string());
     let dev = model.device();
-    if kind != TrainKind::Recoder {
+    if !matches!(kind, TrainKind::Recoder | TrainKind::RecoderZ) {
         let z = fixed_codes(model.config.latent_dim, seed, 64, dev)?;
-        let x = model.decode(&z)?;
+        // flows are sampled at a reduced temperature, as in Glow
+        let z = if model.config.family == super::Family::Flow {
+            z.affine(super::flow::SAMPLE_TEMPERATURE, 0.0)?
+        } else {
+            z
+        };
+        let x = model.decode_prior(&z)?;
         crate::grid::save_grid(&x, 8, &dir.join(format!("samples_{epoch:03}.png")))
             .map_err(werr)?;
     }
-    if kind != TrainKind::Gan {
+    if !matches!(kind, TrainKind::Gan | TrainKind::Style) {
         let mut idx = held_out(data);
         idx.truncate(32);
         let x = data

@@ -31,8 +31,16 @@ pub enum TrainKind {
     Svae,
     /// GAN generator + discriminator.
     Gan,
-    /// The recoder of an existing GAN or reference DCGAN (`generator` names its directory).
+    /// Style-based generator (mapping network + modulated synthesis) + discriminator.
+    Style,
+    /// The recoder of an existing GAN, reference DCGAN or style model (`generator` names its
+    /// directory); a style model's recoder learns W = mapping(z).
     Recoder,
+    /// The recoder of a style model into Z (pixel-normalised z): writes its Z view, a model of
+    /// family `style-z` with the same generator.
+    RecoderZ,
+    /// Normalizing flow (multi-scale RealNVP/Glow), maximum likelihood in bits per dimension.
+    Flow,
 }
 
 /// The training configuration, saved as JSON beside the weights.
@@ -62,6 +70,16 @@ pub struct TrainOptions {
     pub generator: Option<PathBuf>,
     /// Id of the training dataset.
     pub dataset_id: String,
+    /// Recoders: weight of the image-space term `mean((G(rec(x)) − x)²)` on real training
+    /// images, added to the latent MSE on the generator's own samples (0: latent MSE only, the
+    /// paper's recoder). The real-image term pulls the recoder towards the generator's best
+    /// approximation of images outside its range instead of codes it never saw.
+    #[serde(default)]
+    pub image_loss: f64,
+    /// Recoders: start from the recoder already in `generator` (fine-tuning) instead of fresh
+    /// weights.
+    #[serde(default)]
+    pub keep_recoder: bool,
 }
 
 /// Counters saved in `checkpoint.json`.
@@ -152,26 +170,49 @@ struct Run<'a> {
 /// Builds the model to train, fresh, from `opts`.
 fn build_model(opts: &TrainOptions, device: &Device) -> Result<Model> {
     match opts.kind {
-        TrainKind::Recoder => {
+        TrainKind::Recoder | TrainKind::RecoderZ => {
             let dir = opts.generator.as_ref().ok_or_else(|| {
                 ModelError::BadInput("training a recoder needs --generator DIR".into())
             })?;
             let mut model = store::load_model(dir, device)?;
-            if !matches!(model.config.family, Family::Gan | Family::Refdcgan) {
+            if !matches!(
+                model.config.family,
+                Family::Gan | Family::Refdcgan | Family::Style | Family::StyleZ
+            ) {
                 return Err(ModelError::BadInput(format!(
-                    "{} is a {} model, not a GAN: {}",
+                    "{} is a {} model, not a GAN or style model: {}",
                     model.config.name,
                     model.config.family,
                     dir.display()
                 )));
             }
-            // fresh recoder weights, deterministic in the seed
-            let fresh = Model::new(model.config.clone(), device, opts.seed, false)?;
-            for (name, var) in vars_with_prefix(&fresh, "rec.")? {
-                let target = vars_with_prefix(&model, &name)?;
-                if let Some((_, t)) = target.iter().find(|(n, _)| *n == name) {
-                    t.set(var.as_tensor())?;
+            if opts.keep_recoder && !model.config.recoder_trained {
+                return Err(ModelError::BadInput(format!(
+                    "--keep-recoder: {} has no trained recoder to start from: {}",
+                    model.config.name,
+                    dir.display()
+                )));
+            }
+            if !opts.keep_recoder {
+                // fresh recoder weights, deterministic in the seed
+                let fresh = Model::new(model.config.clone(), device, opts.seed, false)?;
+                for (name, var) in vars_with_prefix(&fresh, "rec.")? {
+                    let target = vars_with_prefix(&model, &name)?;
+                    if let Some((_, t)) = target.iter().find(|(n, _)| *n == name) {
+                        t.set(var.as_tensor())?;
+                    }
                 }
+            }
+            if opts.kind == TrainKind::RecoderZ {
+                if !matches!(model.config.family, Family::Style | Family::StyleZ) {
+                    return Err(ModelError::BadInput(format!(
+                        "recoder-z needs a style model, {} is a {} model: {}",
+                        model.config.name,
+                        model.config.family,
+                        dir.display()
+                    )));
+                }
+                model.config.family = Family::StyleZ;
             }
             model.config.name = opts.name.clone();
             model.config.recoder_trained = false;
@@ -181,11 +222,17 @@ fn build_model(opts: &TrainOptions, device: &Device) -> Result<Model> {
             let family = match kind {
                 TrainKind::Vae => Family::Vae,
                 TrainKind::Svae => Family::Svae,
+                TrainKind::Flow => Family::Flow,
+                TrainKind::Style => Family::Style,
                 _ => Family::Gan,
             };
             let mut config = ModelConfig::new(&opts.name, family, opts.latent_dim);
             config.base_channels = opts.base_channels;
-            Model::new(config, device, opts.seed, family == Family::Gan)
+            if family == Family::Flow {
+                config.flow = Some(super::flow::FlowArch::for_width(opts.base_channels));
+            }
+            let adversarial = matches!(family, Family::Gan | Family::Style);
+            Model::new(config, device, opts.seed, adversarial)
         }
     }
 }
@@ -200,14 +247,14 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let model = build_model(opts, device)?;
         let (main_prefix, lr_params) = match opts.kind {
-            TrainKind::Vae | TrainKind::Svae => (
+            TrainKind::Vae | TrainKind::Svae | TrainKind::Flow => (
                 "",
                 AdamParams {
                     lr: opts.lr,
                     ..Default::default()
                 },
             ),
-            TrainKind::Gan => (
+            TrainKind::Gan | TrainKind::Style => (
                 "gen.",
                 AdamParams {
                     lr: opts.lr,
@@ -215,7 +262,7 @@ impl<'a> Run<'a> {
                     ..Default::default()
                 },
             ),
-            TrainKind::Recoder => (
+            TrainKind::Recoder | TrainKind::RecoderZ => (
                 "rec.",
                 AdamParams {
                     lr: opts.lr,
@@ -225,11 +272,14 @@ impl<'a> Run<'a> {
         };
         let opt_main = Adam::new(vars_with_prefix(&model, main_prefix)?, lr_params);
         let opt_disc = match opts.kind {
-            TrainKind::Gan => Some(Adam::new(vars_with_prefix(&model, "disc.")?, lr_params)),
+            TrainKind::Gan | TrainKind::Style => {
+                Some(Adam::new(vars_with_prefix(&model, "disc.")?, lr_params))
+            }
             _ => None,
         };
         let train_idx = data.indices(Split::Train);
-        if train_idx.len() < opts.batch_size && opts.kind != TrainKind::Recoder {
+        let recoder = matches!(opts.kind, TrainKind::Recoder | TrainKind::RecoderZ);
+        if train_idx.len() < opts.batch_size && !recoder {
             return Err(ModelError::BadInput(format!(
                 "dataset {} has {} training images, fewer than one batch of {}",
                 data.id,
@@ -315,8 +365,9 @@ impl<'a> Run<'a> {
     fn step(&mut self, batch_idx: &[usize]) -> Result<(f64, f64)> {
         match self.opts.kind {
             TrainKind::Vae | TrainKind::Svae => self.vae_step(batch_idx),
-            TrainKind::Gan => self.gan_step(batch_idx),
-            TrainKind::Recoder => self.recoder_step(),
+            TrainKind::Gan | TrainKind::Style => self.gan_step(batch_idx),
+            TrainKind::Recoder | TrainKind::RecoderZ => self.recoder_step(batch_idx),
+            TrainKind::Flow => self.flow_step(batch_idx),
         }
     }
 
@@ -367,7 +418,8 @@ impl<'a> Run<'a> {
         Ok((mse, kl.to_scalar::<f32>()? as f64))
     }
 
-    /// Non-saturating GAN: one discriminator step, then one generator step.
+    /// Non-saturating GAN (DCGAN or style generator): one discriminator step, then one
+    /// generator step.
     fn gan_step(&mut self, batch_idx: &[usize]) -> Result<(f64, f64)> {
         let x = self.real_batch(batch_idx)?;
         let z = randn(
@@ -376,18 +428,25 @@ impl<'a> Run<'a> {
             (batch_idx.len(), self.model.config.latent_dim),
             self.model.device(),
         )?;
-        let Net::Gan(gan) = &self.model.net else {
-            return unreachable_net();
+        let net = &self.model.net;
+        let fake = match net {
+            Net::Gan(gan) => gan.generator().forward_train(&z)?.0,
+            Net::Style(style) => style.generate_from_z(&z)?,
+            _ => return unreachable_net(),
         };
-        let fake = gan.generate(&z)?;
-        let d_real = gan.discriminate(&x)?;
-        let d_fake = gan.discriminate(&fake.detach())?;
+        let discriminate = |x: &Tensor| match net {
+            Net::Style(style) => style.discriminate(x),
+            Net::Gan(gan) => gan.discriminate(x),
+            _ => candle_core::bail!("internal: no discriminator"),
+        };
+        let d_real = discriminate(&x)?;
+        let d_fake = discriminate(&fake.detach())?;
         let loss_d = (softplus(&d_real.neg()?)?.mean_all()? + softplus(&d_fake)?.mean_all()?)?;
         let grads_d = loss_d.backward()?;
         if let Some(opt) = self.opt_disc.as_mut() {
             opt.step(&grads_d)?;
         }
-        let loss_g = softplus(&gan.discriminate(&fake)?.neg()?)?.mean_all()?;
+        let loss_g = softplus(&discriminate(&fake)?.neg()?)?.mean_all()?;
         let grads_g = loss_g.backward()?;
         self.opt_main.step(&grads_g)?;
         Ok((
@@ -396,23 +455,77 @@ impl<'a> Run<'a> {
         ))
     }
 
-    /// Recoder: latent MSE on the generator's own samples (fresh ones every step).
-    fn recoder_step(&mut self) -> Result<(f64, f64)> {
+    /// Recoder: latent MSE on the generator's own samples (fresh ones every step); a style
+    /// model's recoder targets `w = mapping(z)`, its Z view's `pixel_norm(z)`.
+    /// With `image_loss` > 0, adds the image-space MSE of real images through recoder and
+    /// generator (returned as the aux loss).
+    fn recoder_step(&mut self, batch_idx: &[usize]) -> Result<(f64, f64)> {
         let z = randn(
             self.opts.seed,
             self.state.global_step,
             (self.opts.batch_size, self.model.config.latent_dim),
             self.model.device(),
         )?;
-        let zr = match &self.model.net {
-            Net::Gan(m) => m.recode(&m.generate(&z)?.detach())?,
-            Net::Refdcgan(m) => m.recode(&m.generate(&z)?.detach())?,
+        let (zr, target) = match &self.model.net {
+            Net::Gan(m) => (m.recode(&m.generate(&z)?.detach())?, z),
+            Net::Refdcgan(m) => (m.recode(&m.generate(&z)?.detach())?, z),
+            Net::Style(m) => {
+                let view = super::style::StyleView::of(self.model.config.family)
+                    .unwrap_or(super::style::StyleView::W);
+                let target = m.recoder_target(&z, view)?.detach();
+                let x = m.generate_from_z(&z)?.detach();
+                (m.recode(&x)?, target)
+            }
             _ => return unreachable_net(),
         };
-        let loss = (zr - &z)?.sqr()?.mean_all()?;
+        let latent = (zr - &target)?.sqr()?.mean_all()?;
+        let (loss, image) = if self.opts.image_loss > 0.0 {
+            let x = self.real_batch(batch_idx)?;
+            let xr = match &self.model.net {
+                Net::Gan(m) => m.generate(&m.recode(&x)?)?,
+                Net::Refdcgan(m) => m.generate(&m.recode(&x)?)?,
+                Net::Style(m) => {
+                    let view = super::style::StyleView::of(self.model.config.family)
+                        .unwrap_or(super::style::StyleView::W);
+                    m.decode(&m.recode(&x)?, view)?
+                }
+                _ => return unreachable_net(),
+            };
+            let image = (xr - &x)?.sqr()?.mean_all()?;
+            let loss = (&latent + image.affine(self.opts.image_loss, 0.0)?)?;
+            let value = image.to_scalar::<f32>()? as f64;
+            (loss, value)
+        } else {
+            (latent.clone(), 0.0)
+        };
         let grads = loss.backward()?;
         self.opt_main.step(&grads)?;
-        Ok((loss.to_scalar::<f32>()? as f64, 0.0))
+        Ok((latent.to_scalar::<f32>()? as f64, image))
+    }
+}
+
+impl Run<'_> {
+    /// Normalizing flow: mean NLL in bits/dim under fresh uniform dequantisation noise (its
+    /// own ChaCha stream per step); the actnorms are data-initialised on the first batch and
+    /// the learning rate warms up linearly over [`super::flow::WARMUP_STEPS`] steps.
+    fn flow_step(&mut self, batch_idx: &[usize]) -> Result<(f64, f64)> {
+        let x = self.real_batch(batch_idx)?;
+        let step = self.state.global_step;
+        let noise = super::flow::dequant_noise(
+            self.opts.seed ^ super::flow::NOISE_SEED,
+            step,
+            x.dims4()?,
+            self.model.device(),
+        )?;
+        let Net::Flow(flow) = &self.model.net else {
+            return unreachable_net();
+        };
+        let init = (step == 0).then_some(&self.model.varmap);
+        let (loss, prior) = flow.nll_bits_per_dim(&x, &noise, init)?;
+        self.opt_main.params.lr = self.opts.lr * super::flow::warmup_factor(step);
+        let grads = loss.backward()?;
+        self.opt_main.step(&grads)?;
+        Ok((loss.to_scalar::<f32>()? as f64, prior))
     }
 }
 
@@ -545,12 +658,38 @@ pub fn train(
     })
 }
 
-/// Writes the model directory; when `evaluate`, measures held-out quality first.
+/// Latent batches for re-estimating a GAN generator's batch-norm statistics: 8 x 128 draws
+/// from a stream of their own (so calibration never shifts the training noise).
+const BN_CALIBRATION: (usize, usize) = (8, 128);
+
+/// Writes the model directory; when `evaluate`, measures held-out quality first. A GAN's
+/// generator gets its batch-norm running statistics re-estimated first.
 fn finish_model(run: &mut Run, evaluate: bool) -> Result<()> {
+    if run.opts.kind == TrainKind::Gan {
+        if let Net::Gan(gan) = &run.model.net {
+            let d = run.model.config.latent_dim;
+            let batches = (0..BN_CALIBRATION.0)
+                .map(|i| {
+                    randn(
+                        run.opts.seed ^ 0xba7c_4000,
+                        i as u64,
+                        (BN_CALIBRATION.1, d),
+                        run.model.device(),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            gan.generator()
+                .calibrate_batch_norm(&run.model.varmap, &batches)?;
+        }
+    }
     let mut record =
         serde_json::to_value(run.opts).map_err(|e| ModelError::BadInput(e.to_string()))?;
     if let Some(obj) = record.as_object_mut() {
         obj.insert("epochs_done".into(), run.state.epoch.into());
+        if let (true, Net::Flow(flow)) = (evaluate, &run.model.net) {
+            let bpd = super::flow::heldout_bits_per_dim(flow, run.data, 512, run.opts.seed)?;
+            obj.insert("heldout_bits_per_dim".into(), bpd.into());
+        }
         obj.insert("images_seen".into(), run.state.images_seen.into());
         obj.insert("train_secs".into(), run.state.train_secs.into());
         let ips = run
@@ -565,7 +704,7 @@ fn finish_model(run: &mut Run, evaluate: bool) -> Result<()> {
             candle_core::utils::get_num_threads().into(),
         );
     }
-    if run.opts.kind == TrainKind::Recoder {
+    if matches!(run.opts.kind, TrainKind::Recoder | TrainKind::RecoderZ) {
         // keep the generator's own training record; the recoder's goes beside it
         let mut base = run
             .model
@@ -581,8 +720,10 @@ fn finish_model(run: &mut Run, evaluate: bool) -> Result<()> {
     } else {
         run.model.config.training = Some(record);
     }
-    let encodes = !matches!(run.model.net, Net::Gan(_) | Net::Refdcgan(_))
-        || run.model.config.recoder_trained;
+    let encodes = !matches!(
+        run.model.net,
+        Net::Gan(_) | Net::Refdcgan(_) | Net::Style(_)
+    ) || run.model.config.recoder_trained;
     if evaluate && encodes {
         run.model.config.quality = Some(super::quality::evaluate(&run.model, run.data, 1000)?);
     }
