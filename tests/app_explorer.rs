@@ -30,6 +30,7 @@ fn harness(tmp: &Path) -> Harness<'static, ExplorerApp> {
         cache_dir: tmp.join("cache"),
         device: "cpu".into(),
         persist: false,
+        start_tab: None,
     };
     let mut h = Harness::builder()
         .with_size([1500.0, 1000.0])
@@ -195,4 +196,145 @@ fn app_exports_the_triptych_and_the_analysis() {
     let map =
         latent_atlas::latent::LinearMap::load_safetensors(&out.join("map.safetensors")).unwrap();
     assert_eq!((map.source_dim(), map.target_dim()), (8, 8));
+}
+
+/// The local-basis slider of direction `dir` (label `dir i · σ=…`).
+fn direction_slider<'a>(h: &'a Harness<'_, ExplorerApp>, dir: usize) -> egui_kittest::Node<'a> {
+    let prefix = format!("dir {dir} · σ=");
+    h.get_all_by_role(Role::Slider)
+        .find(|n| {
+            n.accesskit_node()
+                .label()
+                .is_some_and(|l| l.starts_with(&prefix))
+        })
+        .expect("a local direction slider")
+}
+
+#[test]
+fn app_local_basis_moves_along_a_direction_in_both_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    h.get_by_label("Local basis").click();
+    wait_until(&mut h, "the local basis and its transfer", |app| {
+        app.session()
+            .local_basis()
+            .is_some_and(|b| matches!(b.transfer, Some(Ok(_))))
+            && app.session().triptych.mapped_rgb.is_some()
+    });
+    let basis = h.state().session().local_basis().unwrap().clone();
+    assert_eq!(
+        basis.singular_values.len(),
+        5,
+        "k = 5 directions by default"
+    );
+    assert_eq!(basis.directions.shape(), (8, 5));
+    let t = basis.transfer.clone().unwrap().unwrap();
+    assert!(t.geodesic.is_finite() && t.geodesic <= t.max_geodesic + 1e-9);
+    h.get_by_role_and_label(Role::Image, "Source vae-a");
+    h.get_by_role_and_label(Role::Image, "Transferred vae-b");
+
+    let s = h.state().session();
+    let (source_before, mapped_before) =
+        (s.triptych.source_rgb.clone(), s.triptych.mapped_rgb.clone());
+    let (version, z_before) = (s.triptych.mapped_version, s.z.clone());
+    direction_slider(&h, 0).set_value_accesskit(1.5);
+    wait_until(
+        &mut h,
+        "both images after the direction slider moved",
+        |app| {
+            app.session().triptych.mapped_version > version && app.session().pending_drag.is_none()
+        },
+    );
+    let s = h.state().session();
+    assert_ne!(
+        s.triptych.source_rgb, source_before,
+        "the source image changes"
+    );
+    assert_ne!(
+        s.triptych.mapped_rgb, mapped_before,
+        "the transferred target image changes"
+    );
+    // The code moved by 1.5 along direction 0 and nowhere else.
+    let coords = s.local_coords().unwrap();
+    assert!((coords[0] - 1.5).abs() < 1e-4, "α₀ = {}", coords[0]);
+    assert!(coords[1..].iter().all(|c| c.abs() < 1e-4));
+    let v0 = basis.directions.column(0);
+    for j in 0..8 {
+        assert!((s.z[j] - z_before[j] - 1.5 * v0[j]).abs() < 1e-4);
+    }
+
+    // Playback along direction 0 walks the straight path and shows its strip.
+    h.get_by_label("Play traversal").click();
+    wait_until(&mut h, "the playback", |app| {
+        app.session().geometry.playback.is_some()
+    });
+    let z_start = h.state().session().z.clone();
+    wait_until(&mut h, "the playback to move the code", |app| {
+        app.session().z != z_start
+    });
+    h.get_by_label("source frame 0");
+    h.get_by_label("target frame 8");
+    h.get_by_label("Pause traversal").click();
+    h.run_ok();
+    assert!(h
+        .state()
+        .session()
+        .geometry
+        .playback
+        .as_ref()
+        .unwrap()
+        .paused());
+
+    // The curve traversal re-projects at every step.
+    h.get_by_label("curve").click();
+    h.run_ok();
+    h.get_by_label("Play traversal").click();
+    wait_until(&mut h, "the curve traversal", |app| {
+        app.session()
+            .geometry
+            .playback
+            .as_ref()
+            .is_some_and(|pb| pb.traversal.curve && !pb.paused())
+    });
+    let pb = h.state().session().geometry.playback.clone().unwrap();
+    assert_eq!(pb.traversal.path.len(), 21, "10 steps on each side");
+    h.get_by_label("Stop traversal").click();
+    h.run_ok();
+    assert!(h.state().session().geometry.playback.is_none());
+
+    // Another source model: the basis follows it, without errors from stale requests.
+    h.get_by_label("Source").click();
+    h.run_ok();
+    h.get_by_label("vae-b (vae, d=8)").click();
+    wait_until(&mut h, "the local basis of the new source", |app| {
+        app.session()
+            .local_basis()
+            .is_some_and(|b| b.source == "vae-b" && b.transfer.as_ref().is_some_and(|t| t.is_ok()))
+            && app.session().job.is_none()
+    });
+    let s = h.state().session();
+    assert!(
+        s.toasts.iter().all(|t| !t.is_error),
+        "no errors: {:?}",
+        s.toasts.iter().map(|t| &t.text).collect::<Vec<_>>()
+    );
+    assert!(s.geometry.basis_error.is_none());
+}
+
+#[test]
+fn app_probes_tab_shows_identity_accuracy_before_and_after_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    h.get_by_label("Probes").click();
+    wait_until(&mut h, "the probes", |app| {
+        app.session().geometry.probes.is_some() && app.session().geometry.probes_job.is_none()
+    });
+    let r = h.state().session().geometry.probes.clone().unwrap();
+    assert_eq!((r.source.as_str(), r.target.as_str()), ("vae-a", "vae-b"));
+    assert_eq!(r.num_test, 80);
+    for v in [r.source_own.mean, r.target_own.mean, r.mapped.mean] {
+        assert!((0.0..=1.0).contains(&v));
+    }
+    h.get_by_label("after: vae-b probe on mapped vae-a codes");
+    h.get_by_label("majority-class baseline");
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::geometry::GeometryCommand;
 use super::settings::{EstimatorKind, RightTab, ScatterAxes};
 use crate::latent::pipeline::FitOn;
 
@@ -103,4 +104,6 @@ pub enum AppCommand {
     TogglePresentation,
     /// Hide a notification.
     DismissToast(u64),
+    /// A request of the Local basis or Probes tab.
+    Geometry(GeometryCommand),
 }

@@ -73,7 +73,7 @@ fn export_montage(session: &Session, path: &Path) -> Result<String> {
     let images = support
         .indices
         .iter()
-        .map(|&i| rgb_image(&chw_to_rgb(ds.image_u8(i))))
+        .map(|&i| rgb_image(&chw_to_rgb(&ds.image_u8(i))))
         .collect::<Result<Vec<_>>>()?;
     crate::grid::save_png(&crate::grid::tile(&images, 15, 2), path)
         .with_context(|| format!("writing {}", path.display()))?;

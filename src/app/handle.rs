@@ -30,6 +30,7 @@ impl ExplorerApp {
             self.session.set_sample(self.session.sample);
         }
         self.animate(ctx);
+        self.sync_geometry(ctx);
         if self.session.needs_decode && self.session.ready() {
             self.send_decode(false);
         }
@@ -104,6 +105,9 @@ impl ExplorerApp {
     }
 
     fn handle(&mut self, ctx: &egui::Context, cmd: AppCommand) {
+        if super::geometry_handle::interrupts_playback(&cmd) {
+            self.session.geometry.stop();
+        }
         match cmd {
             AppCommand::SelectDataset(spec) => {
                 self.settings.dataset = spec;
@@ -235,6 +239,7 @@ impl ExplorerApp {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.session.presentation));
             }
             AppCommand::DismissToast(id) => self.session.toasts.retain(|t| t.id != id),
+            AppCommand::Geometry(g) => self.handle_geometry(g),
         }
     }
 
@@ -382,7 +387,7 @@ impl ExplorerApp {
     }
 
     /// Sends the slider code to the decode thread; `drag` marks a slider change for latency.
-    fn send_decode(&mut self, drag: bool) {
+    pub(super) fn send_decode(&mut self, drag: bool) {
         self.session.needs_decode = false;
         let Some(worker) = self.worker.as_mut() else {
             return;

@@ -4,6 +4,8 @@
 
 pub mod command;
 mod export;
+pub mod geometry;
+mod geometry_handle;
 mod handle;
 pub mod latency;
 pub mod scatter_data;
@@ -17,6 +19,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use anyhow::Result;
 
 pub use command::{AppCommand, ExportKind, OpenKind};
+pub use geometry::GeometryCommand;
 pub use session::{ModelEntry, Session};
 pub use settings::Settings;
 use textures::Textures;
@@ -38,6 +41,8 @@ pub struct ExplorerConfig {
     pub device: String,
     /// Restore and save the session through eframe's storage.
     pub persist: bool,
+    /// Right-panel tab to open on (None = the saved one).
+    pub start_tab: Option<settings::RightTab>,
 }
 
 impl ExplorerConfig {
@@ -53,6 +58,7 @@ impl ExplorerConfig {
                 "cpu".into()
             },
             persist: true,
+            start_tab: None,
         })
     }
 }
@@ -90,7 +96,10 @@ pub fn list_models(zoo_dir: &Path, extra: &[String]) -> Vec<ModelEntry> {
         }
         let usable = !matches!(
             cfg.family,
-            crate::model::Family::Gan | crate::model::Family::Refdcgan
+            crate::model::Family::Gan
+                | crate::model::Family::Refdcgan
+                | crate::model::Family::Style
+                | crate::model::Family::StyleZ
         ) || cfg.recoder_trained;
         let detail = format!(
             "{}, d={}{}",
@@ -152,6 +161,9 @@ impl ExplorerApp {
         let (src, tgt) = default_pair(&session.models);
         settings.source = resolve(&settings.source).unwrap_or(src);
         settings.target = resolve(&settings.target).unwrap_or(tgt);
+        if let Some(tab) = config.start_tab {
+            settings.tab = tab;
+        }
         let waker_ctx = ctx.clone();
         let worker = match Worker::spawn(
             WorkerConfig {

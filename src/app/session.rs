@@ -168,6 +168,8 @@ pub struct Session {
     pub fits_done: u64,
     /// Number of finished metric evaluations.
     pub metrics_done: u64,
+    /// Local basis and probes.
+    pub geometry: super::geometry::GeometryState,
 }
 
 impl Session {
@@ -217,7 +219,7 @@ impl Session {
             return;
         }
         self.sample = i;
-        self.triptych.original_rgb = Some(chw_to_rgb(ds.image_u8(i)));
+        self.triptych.original_rgb = Some(chw_to_rgb(&ds.image_u8(i)));
         self.triptych.version += 1;
     }
 
@@ -256,6 +258,7 @@ impl Session {
                 done,
                 total,
             } => {
+                self.geometry.progress(req, &phase, done, total);
                 if let Some(job) = self.job.as_mut().filter(|j| j.req == req) {
                     job.phase = phase;
                     job.done = done;
@@ -376,7 +379,14 @@ impl Session {
                 }
                 self.job = None;
             }
+            Event::LocalBasisReady { .. }
+            | Event::TraversalReady { .. }
+            | Event::ProbesReady { .. } => self.geometry.apply(event),
+            Event::Finished { req } | Event::Cancelled { req } if self.geometry.owns(req) => {
+                self.geometry.ended(req, None)
+            }
             Event::Failed { req, error } => {
+                self.geometry.ended(req, Some(&error));
                 if self.job.as_ref().is_some_and(|j| j.req == req) {
                     self.job = None;
                 }

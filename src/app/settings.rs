@@ -57,8 +57,8 @@ impl std::fmt::Display for EstimatorKind {
     }
 }
 
-/// The tabs of the right panel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The tabs of the right panel (`--tab` picks the first one shown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum RightTab {
     /// Sector browser.
     Sectors,
@@ -72,17 +72,23 @@ pub enum RightTab {
     Pairs,
     /// Reconstruction gains.
     Gains,
+    /// Local basis of the current sample, its transfer through the map, traversals.
+    LocalBasis,
+    /// Ground-truth probes before and after the map.
+    Probes,
 }
 
 impl RightTab {
     /// All tabs, in display order.
-    pub const ALL: [RightTab; 6] = [
+    pub const ALL: [RightTab; 8] = [
         Self::Sectors,
         Self::Support,
         Self::Metrics,
         Self::Map,
         Self::Pairs,
         Self::Gains,
+        Self::LocalBasis,
+        Self::Probes,
     ];
 }
 
@@ -95,6 +101,8 @@ impl std::fmt::Display for RightTab {
             Self::Map => "Map",
             Self::Pairs => "Pairs",
             Self::Gains => "Gains",
+            Self::LocalBasis => "Local basis",
+            Self::Probes => "Probes",
         })
     }
 }
@@ -148,6 +156,12 @@ pub struct Settings {
     pub scatter_axes: ScatterAxes,
     /// Extra model directories opened by the user.
     pub extra_models: Vec<String>,
+    /// Local basis: number of directions.
+    pub local_k: usize,
+    /// Local basis traversal: the iterative curve (else a straight line).
+    pub local_curve: bool,
+    /// Local basis traversal: steps on each side of the base point.
+    pub local_steps: usize,
 }
 
 impl Default for Settings {
@@ -171,6 +185,9 @@ impl Default for Settings {
             tab: RightTab::Sectors,
             scatter_axes: ScatterAxes::Pca,
             extra_models: Vec::new(),
+            local_k: 5,
+            local_curve: false,
+            local_steps: 10,
         }
     }
 }

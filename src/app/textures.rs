@@ -18,6 +18,7 @@ pub struct Textures {
     version: u64,
     thumbs: HashMap<usize, TextureHandle>,
     thumbs_dataset: String,
+    frames: HashMap<String, (u64, TextureHandle)>,
 }
 
 /// An RGB 64x64 image as an egui image.
@@ -48,6 +49,30 @@ impl Textures {
         }
     }
 
+    /// A texture of the RGB 64x64 image `rgb` kept under `key`, replaced when `version`
+    /// changes (traversal strips).
+    pub fn frame(
+        &mut self,
+        ctx: &egui::Context,
+        key: &str,
+        version: u64,
+        rgb: &[u8],
+    ) -> TextureHandle {
+        if let Some((v, h)) = self.frames.get_mut(key) {
+            if *v != version {
+                h.set(color_image(rgb), TextureOptions::NEAREST);
+                *v = version;
+            }
+            return h.clone();
+        }
+        if self.frames.len() > MAX_THUMBS {
+            self.frames.clear();
+        }
+        let h = ctx.load_texture(key, color_image(rgb), TextureOptions::NEAREST);
+        self.frames.insert(key.to_string(), (version, h.clone()));
+        h
+    }
+
     /// A thumbnail of dataset sample `i`.
     pub fn thumb(&mut self, ctx: &egui::Context, ds: &Dataset, i: usize) -> Option<TextureHandle> {
         if self.thumbs_dataset != ds.id || self.thumbs.len() > MAX_THUMBS {
@@ -63,7 +88,7 @@ impl Textures {
         }
         let h = ctx.load_texture(
             format!("thumb-{i}"),
-            color_image(&chw_to_rgb(chw)),
+            color_image(&chw_to_rgb(&chw)),
             TextureOptions::NEAREST,
         );
         self.thumbs.insert(i, h.clone());

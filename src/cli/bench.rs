@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Also write all figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The scale benchmark (`--scale [N]` and its options).
+    #[command(flatten)]
+    pub scale: super::bench_scale::ScaleArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -67,7 +70,10 @@ fn random_dataset(n: usize) -> Dataset {
                 }
             })
             .collect(),
-        pixels: (0..n * IMAGE_LEN).map(|_| rng.random()).collect(),
+        pixels: (0..n * IMAGE_LEN)
+            .map(|_| rng.random())
+            .collect::<Vec<u8>>()
+            .into(),
         info: SampleInfo::default(),
         skipped: Vec::new(),
     }
@@ -94,6 +100,8 @@ fn train_throughput(
         max_steps: None,
         generator,
         dataset_id: data.id.clone(),
+        image_loss: 0.0,
+        keep_recoder: false,
     };
     let report = train(
         &opts,
@@ -279,6 +287,9 @@ fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, V
 
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.scale.scale.is_some() {
+        return super::bench_scale::run(&a.scale);
+    }
     let ours = ours(a.quick)?;
     let (t_nchw, t_cl) = if a.no_torch {
         (None, None)

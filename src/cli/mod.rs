@@ -3,6 +3,7 @@
 pub mod analysis;
 pub mod bar;
 pub mod bench;
+pub mod bench_scale;
 pub mod codes;
 pub mod geometry;
 pub mod import;
@@ -11,6 +12,7 @@ pub mod plot;
 pub mod relocate;
 pub mod table;
 pub mod train;
+pub mod transfer;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,9 @@ pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Explorer only: the right-panel tab to open on.
+    #[arg(long, value_enum)]
+    pub tab: Option<crate::app::settings::RightTab>,
 }
 
 /// All subcommands.
@@ -66,12 +71,18 @@ pub enum Command {
     LocalBasis(geometry::LocalBasisArgs),
     /// Ground-truth probes (generating factors, identities) per model and after mapping.
     Probe(geometry::ProbeArgs),
+    /// Direction transfer as a figure: traversals along a source model's local directions and
+    /// the same codes decoded by the target model through the map.
+    TransferMontage(transfer::TransferMontageArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => crate::app::run_native(crate::app::ExplorerConfig::from_defaults()?),
+        None => crate::app::run_native(crate::app::ExplorerConfig {
+            start_tab: cli.tab,
+            ..crate::app::ExplorerConfig::from_defaults()?
+        }),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Models(a)) => models::run_models(a),
         Some(Command::Sample(a)) => models::run_sample(a),
@@ -91,5 +102,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Ood(a)) => analysis::run_ood(a),
         Some(Command::LocalBasis(a)) => geometry::run_local_basis(a),
         Some(Command::Probe(a)) => geometry::run_probe(a),
+        Some(Command::TransferMontage(a)) => transfer::run_transfer_montage(a),
     }
 }

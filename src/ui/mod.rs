@@ -2,11 +2,13 @@
 //! they never touch candle, channels or files. One file per panel; the layout is here.
 
 mod gains;
+mod local_basis;
 mod map_view;
 mod metrics;
 mod notifications;
 mod pairs;
 mod presentation;
+mod probe;
 mod scatter;
 mod sectors;
 mod sliders;
@@ -123,6 +125,8 @@ fn right_panel_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
             RightTab::Map => map_view::map_ui(ui, p),
             RightTab::Pairs => pairs::pairs_ui(ui, p),
             RightTab::Gains => gains::gains_ui(ui, p),
+            RightTab::LocalBasis => local_basis::local_basis_ui(ui, p),
+            RightTab::Probes => probe::probe_ui(ui, p),
         });
 }
 

@@ -77,7 +77,10 @@ pub(crate) fn run(config: &WorkerConfig, rx: Receiver<Command>, out: &Outbox, sh
                     models,
                     max_eval,
                 } => state.pairs(req, &dataset, &models, max_eval, out, &cancel),
-                Command::Decode { .. } => Ok(()),
+                Command::Decode { .. }
+                | Command::LocalBasis { .. }
+                | Command::Traverse { .. }
+                | Command::Probes { .. } => Ok(()),
             };
             match result {
                 Ok(()) => out.send(Event::Finished { req }),

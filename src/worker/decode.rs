@@ -54,8 +54,8 @@ fn decode(
     let original = sample
         .map(|i| pair.dataset.image_u8(i))
         .filter(|o| !o.is_empty());
-    let source_mse = original.map(|o| mse_chw_rgb(o, &source_rgb));
-    let mapped_mse = match (original, &mapped_rgb) {
+    let source_mse = original.as_deref().map(|o| mse_chw_rgb(o, &source_rgb));
+    let mapped_mse = match (original.as_deref(), &mapped_rgb) {
         (Some(o), Some(m)) => Some(mse_chw_rgb(o, m)),
         _ => None,
     };
@@ -107,8 +107,8 @@ pub fn decode_slider(
     Ok((source_rgb, mapped_rgb))
 }
 
-/// `[1, 3, 64, 64]` floats in [0, 1] -> interleaved RGB bytes, row-major.
-fn to_rgb(images: &Tensor) -> Result<Vec<u8>> {
+/// `[1, 3, 64, 64]` (or `[3, 64, 64]`) floats in [0, 1] -> interleaved RGB bytes, row-major.
+pub(crate) fn to_rgb(images: &Tensor) -> Result<Vec<u8>> {
     let chw: Vec<f32> = images
         .to_device(&candle_core::Device::Cpu)?
         .flatten_all()?

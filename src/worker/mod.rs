@@ -6,12 +6,18 @@
 //!   running one can be cancelled through [`Worker::cancel`].
 //! * `latent-decode` decodes slider codes with both models. It keeps only the newest pending
 //!   request (coalescing), so a fast slider drag never queues stale work.
+//! * `latent-geometry` computes local bases (cached per model and code), their transfer through
+//!   the map, traversals along local directions and the ground-truth probes; the newest pending
+//!   command of each kind runs, cancelled through [`Worker::cancel_geometry`].
 //!
 //! Both share the loaded pair through [`ActivePair`]; every error becomes [`Event::Failed`].
 
 mod analysis;
 mod decode;
 pub use decode::decode_slider;
+mod geometry;
+pub use geometry::MAX_TRAVERSAL_STEPS;
+mod probes;
 mod progress;
 pub mod protocol;
 
@@ -27,7 +33,8 @@ use crate::latent::pipeline::Loaded;
 use crate::latent::LinearMap;
 use crate::progress::Cancel;
 pub use protocol::{
-    Command, Event, FitSpec, ModelSummary, PairSpec, RequestId, SectorData, SupportChoice,
+    Command, Event, FitSpec, LocalBasisResult, ModelSummary, PairSpec, ProbeResult, ProbeScores,
+    ProbeTask, RequestId, SectorData, SupportChoice, TransferResult, TraversalResult,
 };
 
 /// Wakes the UI after an event was sent (the app injects `ctx.request_repaint()`).
@@ -55,6 +62,7 @@ pub(crate) struct ActivePair {
 pub(crate) struct Shared {
     pub(crate) pair: Mutex<Option<Arc<ActivePair>>>,
     pub(crate) cancel: Mutex<Cancel>,
+    pub(crate) geometry_cancel: Mutex<Cancel>,
 }
 
 /// Sends events and wakes the UI.
@@ -77,6 +85,7 @@ impl Outbox {
 pub struct Worker {
     analysis_tx: Option<Sender<Command>>,
     decode_tx: Option<Sender<Command>>,
+    geometry_tx: Option<Sender<Command>>,
     events: Receiver<Event>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -101,6 +110,14 @@ impl Worker {
                 .spawn(move || analysis::run(&config, analysis_rx, &out, &shared))
                 .context("cannot start the analysis thread")?
         };
+        let (geometry_tx, geometry_rx) = mpsc::channel();
+        let geometry = {
+            let (out, shared) = (out.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("latent-geometry".into())
+                .spawn(move || geometry::run(geometry_rx, &out, &shared))
+                .context("cannot start the geometry thread")?
+        };
         let decode = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -111,9 +128,10 @@ impl Worker {
         Ok(Worker {
             analysis_tx: Some(analysis_tx),
             decode_tx: Some(decode_tx),
+            geometry_tx: Some(geometry_tx),
             events,
             shared,
-            threads: vec![analysis, decode],
+            threads: vec![analysis, geometry, decode],
             next_req: 1,
         })
     }
@@ -129,6 +147,9 @@ impl Worker {
         let tx = match command {
             Command::Decode { .. } => &self.decode_tx,
             Command::Sync { .. } | Command::Pairs { .. } => &self.analysis_tx,
+            Command::LocalBasis { .. } | Command::Traverse { .. } | Command::Probes { .. } => {
+                &self.geometry_tx
+            }
         };
         tx.as_ref()
             .context("the worker is shut down")?
@@ -143,6 +164,13 @@ impl Worker {
         }
     }
 
+    /// Asks the running geometry job (local basis, traversal, probes) to stop at its next step.
+    pub fn cancel_geometry(&self) {
+        if let Ok(c) = self.shared.geometry_cancel.lock() {
+            c.cancel();
+        }
+    }
+
     /// All events that arrived since the last call.
     pub fn drain(&self) -> Vec<Event> {
         self.events.try_iter().collect()
@@ -152,8 +180,10 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.cancel();
+        self.cancel_geometry();
         self.analysis_tx = None;
         self.decode_tx = None;
+        self.geometry_tx = None;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("a worker thread panicked");

@@ -8,6 +8,8 @@
 //!     ◄── MetricsReady ── Finished{req}            (or Failed{req, ..} / Cancelled{req})
 //! app ── Decode{req, z_in_source, sample} ──► decode thread (only the newest pending one runs)
 //!     ◄── Decoded{req, ..}                         (or Failed{req, ..})
+//! app ── LocalBasis{..} | Traverse{..} | Probes{..} ──► geometry thread (newest of each kind)
+//!     ◄── Progress{req, ..}* ── LocalBasisReady | TraversalReady | ProbesReady ── Finished{req}
 //! ```
 //!
 //! Every command carries a [`RequestId`]; every event names the request it answers, so the app
@@ -99,6 +101,47 @@ pub enum Command {
         /// Held-out samples per pair.
         max_eval: usize,
     },
+    /// The local basis of the active source model at `z_in_source` and, once a map exists, its
+    /// transfer: the target's local basis at the mapped point and the Grassmannian distance.
+    /// Coalesced with other pending `LocalBasis` commands; answers are cached per model and code.
+    LocalBasis {
+        /// Request id.
+        req: RequestId,
+        /// Name of the source model the code belongs to (a request for a model that is no
+        /// longer active is answered with `Cancelled`).
+        source: String,
+        /// The base point (length `d_source`).
+        z_in_source: Vec<f32>,
+        /// Number of directions (`1 ≤ k ≤ d_source`).
+        k: usize,
+    },
+    /// A traversal along local direction `direction` from `z_in_source`, both ways out to
+    /// `±range`, in `steps` steps per side: a straight line, or the iterative curve that
+    /// re-projects on the local basis at every step. Also decodes a strip of frames.
+    Traverse {
+        /// Request id.
+        req: RequestId,
+        /// Name of the source model the code belongs to (as for `LocalBasis`).
+        source: String,
+        /// The base point (length `d_source`).
+        z_in_source: Vec<f32>,
+        /// Index of the direction (0 = largest singular value).
+        direction: usize,
+        /// Curve traversal (else a straight line).
+        curve: bool,
+        /// Steps on each side of the base point.
+        steps: usize,
+        /// How far to go on each side (latent units).
+        range: f32,
+        /// Frames of the decoded strip (at least 2).
+        strip_frames: usize,
+    },
+    /// Ground-truth probes of the active pair: each model's own probe and the target's probe on
+    /// mapped source codes.
+    Probes {
+        /// Request id.
+        req: RequestId,
+    },
 }
 
 impl Command {
@@ -107,7 +150,10 @@ impl Command {
         match self {
             Command::Sync { req, .. }
             | Command::Decode { req, .. }
-            | Command::Pairs { req, .. } => *req,
+            | Command::Pairs { req, .. }
+            | Command::LocalBasis { req, .. }
+            | Command::Traverse { req, .. }
+            | Command::Probes { req } => *req,
         }
     }
 }
@@ -221,6 +267,27 @@ pub enum Event {
         /// M-MSE, or the error text.
         m_mse: Result<f64, String>,
     },
+    /// A local basis (and its transfer) is known.
+    LocalBasisReady {
+        /// Request id.
+        req: RequestId,
+        /// The result.
+        basis: Arc<LocalBasisResult>,
+    },
+    /// A traversal path and its strip of frames are known.
+    TraversalReady {
+        /// Request id.
+        req: RequestId,
+        /// The result.
+        traversal: Arc<TraversalResult>,
+    },
+    /// The probes of the active pair are known.
+    ProbesReady {
+        /// Request id.
+        req: RequestId,
+        /// The result.
+        probes: Arc<ProbeResult>,
+    },
     /// A request finished (after its last result event).
     Finished {
         /// Request id.
@@ -238,4 +305,128 @@ pub enum Event {
         /// The error with its context chain.
         error: String,
     },
+}
+
+/// The local basis at one code and its transfer through the map (answer to
+/// [`Command::LocalBasis`]).
+#[derive(Clone, Debug)]
+pub struct LocalBasisResult {
+    /// Source model name.
+    pub source: String,
+    /// The base point (length `d_source`).
+    pub z_in_source: Vec<f32>,
+    /// Singular values of the source decoder's Jacobian at the base point, descending (`k`).
+    pub singular_values: Vec<f64>,
+    /// `d_source x k`, orthonormal columns: the local directions.
+    pub directions: DMatrix<f32>,
+    /// The transfer through the current map (None before a map exists), or why it failed.
+    pub transfer: Option<Result<TransferResult, String>>,
+    /// Seconds spent computing (0 when every part came from the cache).
+    pub compute_secs: f64,
+}
+
+/// How a map carries a local basis: the source directions pushed through the map against the
+/// target model's own local basis at the mapped point.
+#[derive(Clone, Debug)]
+pub struct TransferResult {
+    /// Target model name.
+    pub target: String,
+    /// The mapped base point (length `d_target`).
+    pub z_in_target: Vec<f32>,
+    /// Singular values of the target decoder's Jacobian at the mapped point, descending.
+    pub target_singular_values: Vec<f64>,
+    /// `d_target x k_t`: the target's local directions.
+    pub target_directions: DMatrix<f32>,
+    /// `‖Wᵀvᵢ‖` of each pushed source direction.
+    pub pushed_norms: Vec<f64>,
+    /// `k x k_t`: `|cos|` between pushed source direction `i` and target direction `j`.
+    pub cosines: DMatrix<f32>,
+    /// Principal angles between the two spans (radians, ascending).
+    pub angles: Vec<f64>,
+    /// Geodesic Grassmannian distance `√(Σ θᵢ²)`.
+    pub geodesic: f64,
+    /// Projection distance `√(Σ sin² θᵢ)`.
+    pub projection: f64,
+    /// Mean geodesic distance of two uniformly random subspaces of the same sizes (baseline).
+    pub random_geodesic: f64,
+    /// Largest possible geodesic distance.
+    pub max_geodesic: f64,
+}
+
+/// A traversal along one local direction (answer to [`Command::Traverse`]).
+#[derive(Clone, Debug)]
+pub struct TraversalResult {
+    /// The base point it starts from (length `d_source`).
+    pub z_in_source: Vec<f32>,
+    /// Direction index.
+    pub direction: usize,
+    /// Curve traversal (else a straight line).
+    pub curve: bool,
+    /// The codes from `−range` through the base point to `+range` (`2·steps + 1`).
+    pub path: Vec<Vec<f32>>,
+    /// Signed distance walked to each path point (latent units; 0 at the base point).
+    pub offsets: Vec<f32>,
+    /// Path indices of the strip frames.
+    pub strip_indices: Vec<usize>,
+    /// Source decodings of the strip frames (RGB 64x64 each).
+    pub strip_source: Vec<Vec<u8>>,
+    /// Target decodings of the mapped strip frames (empty before a map exists).
+    pub strip_target: Vec<Vec<u8>>,
+    /// Distance of the path's end points from the straight line's (0 for a straight line).
+    pub end_deviation: f32,
+    /// Seconds spent computing.
+    pub compute_secs: f64,
+}
+
+/// What the probes predict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeTask {
+    /// The generating latents of a synthetic dataset (ridge, R² per factor).
+    Factors,
+    /// Identity labels (logistic regression, accuracy).
+    Identity,
+    /// Binary attributes (ridge classifier, accuracy per attribute).
+    Attributes,
+}
+
+/// One probe's held-out scores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeScores {
+    /// Mean R² (factors) or accuracy (identity, attributes).
+    pub mean: f64,
+    /// Per output (factor R² or attribute accuracy); empty for identity.
+    pub per_output: Vec<f64>,
+}
+
+/// The probes of one pair (answer to [`Command::Probes`]).
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    /// Dataset id.
+    pub dataset: String,
+    /// What is predicted.
+    pub task: ProbeTask,
+    /// Output names (factor indices, attribute names); empty for identity.
+    pub output_names: Vec<String>,
+    /// Training / test samples.
+    pub num_train: usize,
+    /// Test samples.
+    pub num_test: usize,
+    /// Source model name.
+    pub source: String,
+    /// Target model name.
+    pub target: String,
+    /// Source probe on source codes (before the map).
+    pub source_own: ProbeScores,
+    /// Target probe on target codes.
+    pub target_own: ProbeScores,
+    /// Target probe on mapped source codes (after the map).
+    pub mapped: ProbeScores,
+    /// Classification: agreement of the target probe's labels on mapped vs own codes.
+    pub agreement: Option<f64>,
+    /// Classification: majority-class accuracy on the test samples (mean over outputs).
+    pub majority_baseline: Option<f64>,
+    /// Estimator of the map.
+    pub map_estimator: String,
+    /// Seconds spent computing.
+    pub compute_secs: f64,
 }
