@@ -102,10 +102,17 @@ fn egui_hsv(h: f32, s: f32, v: f32) -> [u8; 3] {
 }
 
 /// Rows of `z` projected on its first two principal components (zeros when `d < 2`).
+/// Codes wider than this (a normalizing flow's 12,288 dimensions) get their principal plane by
+/// subspace iteration on a row sample instead of the `d x d` covariance's eigendecomposition.
+const WIDE_CODES: usize = 256;
+
 fn principal_plane(z: &DMatrix<f32>) -> Vec<[f32; 2]> {
     let (n, d) = z.shape();
     if n == 0 || d == 0 {
         return Vec::new();
+    }
+    if d > WIDE_CODES {
+        return wide_principal_plane(z);
     }
     let mut c = z.map(f64::from);
     let mean = c.row_mean();
@@ -124,4 +131,88 @@ fn principal_plane(z: &DMatrix<f32>) -> Vec<[f32; 2]> {
     (0..n)
         .map(|r| [proj[(r, 0)] as f32, proj[(r, 1)] as f32])
         .collect()
+}
+
+/// The first two principal axes of wide codes without forming the `d x d` covariance: block
+/// power (subspace) iteration `V ← orth(Cᵀ C V)` on at most 500 evenly spaced centred rows
+/// (20 rounds from a fixed start, so the plot is deterministic), then every row projected.
+fn wide_principal_plane(z: &DMatrix<f32>) -> Vec<[f32; 2]> {
+    let (n, d) = z.shape();
+    let mean = z.row_mean();
+    let rows: Vec<usize> = (0..n).step_by((n / 500).max(1)).collect();
+    let c = DMatrix::<f32>::from_fn(rows.len(), d, |r, j| z[(rows[r], j)] - mean[j]);
+    let mut v = DMatrix::<f32>::from_fn(d, 2, |i, j| {
+        (((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0) - 0.5
+    });
+    for _ in 0..20 {
+        let w = c.tr_mul(&(&c * &v));
+        if w.iter().any(|x| !x.is_finite()) || w.norm() == 0.0 {
+            break;
+        }
+        v = w.qr().q();
+    }
+    (0..n)
+        .map(|r| {
+            let mut p = [0.0f32; 2];
+            for (k, out) in p.iter_mut().enumerate() {
+                *out = (0..d).map(|j| (z[(r, j)] - mean[j]) * v[(j, k)]).sum();
+            }
+            p
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes of width 300 with two planted directions of large variance: the subspace
+    /// iteration finds the same plane as the covariance eigendecomposition (up to sign).
+    #[test]
+    fn wide_codes_get_the_same_principal_plane() {
+        let (n, d) = (1200, 300);
+        let mut state = 12345u64;
+        let mut noise = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let z = DMatrix::<f32>::from_fn(n, d, |r, j| {
+            let a = ((r * 37 % 101) as f32 - 50.0) / 10.0;
+            let b = ((r * 53 % 89) as f32 - 44.0) / 20.0;
+            let planted = if j == 3 {
+                a
+            } else if j == 250 {
+                b
+            } else {
+                0.0
+            };
+            planted + 0.1 * noise()
+        });
+        let wide = wide_principal_plane(&z);
+        let mut c = z.map(f64::from);
+        let mean = c.row_mean();
+        for mut row in c.row_iter_mut() {
+            row -= &mean;
+        }
+        let eig = SymmetricEigen::new(c.tr_mul(&c));
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        for k in 0..2 {
+            let exact: Vec<f64> = (c.clone() * eig.eigenvectors.column(order[k]))
+                .iter()
+                .copied()
+                .collect();
+            let approx: Vec<f64> = wide.iter().map(|p| f64::from(p[k])).collect();
+            let dot: f64 = exact.iter().zip(&approx).map(|(a, b)| a * b).sum();
+            let na = exact.iter().map(|a| a * a).sum::<f64>().sqrt();
+            let nb = approx.iter().map(|b| b * b).sum::<f64>().sqrt();
+            assert!(
+                (dot / (na * nb)).abs() > 0.999,
+                "component {k}: |cos| = {}",
+                (dot / (na * nb)).abs()
+            );
+        }
+    }
 }
