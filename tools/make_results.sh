@@ -16,6 +16,7 @@ mkdir -p assets/figures results
 "$LA" ood --models vae-a,vae-b,svae,gan-a,refdcgan > results/ood.md
 "$LA" local-basis --model vae-a --pair vae-a,vae-b --points 20 --plot assets/figures/local-basis-vae-a.png > results/local-basis-vae-a.md
 "$LA" local-basis --model style-a --jacobian mapping --points 20 --plot assets/figures/local-basis-style-a-mapping.png > results/local-basis-style-a-mapping.md
+for p in vae-a,svae vae-a,gan-a gan-a,vae-a vae-a,style-a vae-a,refdcgan; do "$LA" local-basis --pair $p --points 10 --ks 1,4,16; done > results/local-basis-transfer-pairs.md
 "$LA" transfer-montage --source vae-a --target gan-a --samples 3 --dirs 0 --range 6 --out assets/figures/direction-transfer-vae-a-to-gan-a.png > results/transfer-montage.txt
 "$LA" probe --models vae-a,vae-b,svae,gan-a > results/probe-synthfaces.md
 "$LA" probe --data orl --models vae-a,vae-b,svae,gan-a > results/probe-orl.md
