@@ -63,7 +63,7 @@ impl Discriminator {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = leaky(&self.convs[0].forward(x)?)?;
         for (conv, norm) in self.convs[1..].iter().zip(&self.norms) {
-            h = leaky(&norm.forward_batch(&conv.forward(&h)?)?.0)?;
+            h = leaky(&norm.forward_train(&conv.forward(&h)?)?)?;
         }
         self.head.forward(&h.flatten_from(1)?)
     }
@@ -78,6 +78,17 @@ pub struct Generator {
     norms: Vec<BatchNorm>,
     out: Conv,
     c: usize,
+}
+
+/// How the generator's batch norms normalise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NormMode {
+    /// Running statistics (inference).
+    Running,
+    /// Batch statistics (training).
+    Batch,
+    /// Batch statistics, also returned (calibration).
+    BatchWithStats,
 }
 
 /// Per-layer batch statistics `(mean [C], variance [C])` of one generator pass.
@@ -109,16 +120,18 @@ impl Generator {
         })
     }
 
-    fn run(&self, z: &Tensor, batch_stats: bool) -> Result<(Tensor, BatchStats)> {
+    fn run(&self, z: &Tensor, mode: NormMode) -> Result<(Tensor, BatchStats)> {
         let n = z.dim(0)?;
         let mut stats = Vec::new();
         let norm = |i: usize, h: &Tensor, stats: &mut BatchStats| -> Result<Tensor> {
-            let y = if batch_stats {
-                let (y, m, v) = self.norms[i].forward_batch(h)?;
-                stats.push((m, v));
-                y
-            } else {
-                self.norms[i].forward_eval(h)?
+            let y = match mode {
+                NormMode::Running => self.norms[i].forward_eval(h)?,
+                NormMode::Batch => self.norms[i].forward_train(h)?,
+                NormMode::BatchWithStats => {
+                    let (y, m, v) = self.norms[i].forward_batch(h)?;
+                    stats.push((m, v));
+                    y
+                }
             };
             leaky(&y)
         };
@@ -135,12 +148,17 @@ impl Generator {
 
     /// Inference: `[n, d]` → images in [0, 1], normalised with the running statistics.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        Ok(self.run(z, false)?.0)
+        Ok(self.run(z, NormMode::Running)?.0)
     }
 
-    /// Training: normalised with the batch statistics, which are returned too.
-    pub fn forward_train(&self, z: &Tensor) -> Result<(Tensor, BatchStats)> {
-        self.run(z, true)
+    /// Training: normalised with the batch statistics (fused batch norm).
+    pub fn forward_train(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(self.run(z, NormMode::Batch)?.0)
+    }
+
+    /// Training-mode pass that also returns every layer's batch statistics.
+    pub fn forward_train_with_stats(&self, z: &Tensor) -> Result<(Tensor, BatchStats)> {
+        self.run(z, NormMode::BatchWithStats)
     }
 
     /// Re-estimates every running mean and variance from `batches` (the generator's own
@@ -152,7 +170,7 @@ impl Generator {
         }
         let mut sums: Vec<Option<(Tensor, Tensor, Tensor)>> = vec![None; self.norms.len()];
         for z in batches {
-            let (_, stats) = self.forward_train(&z.detach())?;
+            let (_, stats) = self.forward_train_with_stats(&z.detach())?;
             for (slot, (m, v)) in sums.iter_mut().zip(stats) {
                 let (m, v) = (m.detach(), v.detach());
                 let m2 = m.sqr()?;

@@ -148,6 +148,14 @@ impl BatchNorm {
             .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
         Ok((y, mean.flatten_all()?, var.flatten_all()?))
     }
+    /// Normalises with the batch statistics (training), through the fused
+    /// [`super::batchnorm_op::batch_normalize`]; same result as [`BatchNorm::forward_batch`]'s
+    /// output without computing the statistics as tensors.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        super::batchnorm_op::batch_normalize(x, BN_EPS)?
+            .broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
     /// Normalises with the running statistics (inference).
     pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
         let scale = ((&self.running_var + BN_EPS)?.sqrt()?.recip()? * &self.weight)?;

@@ -430,7 +430,7 @@ impl<'a> Run<'a> {
         )?;
         let net = &self.model.net;
         let fake = match net {
-            Net::Gan(gan) => gan.generator().forward_train(&z)?.0,
+            Net::Gan(gan) => gan.generator().forward_train(&z)?,
             Net::Style(style) => style.generate_from_z(&z)?,
             _ => return unreachable_net(),
         };
