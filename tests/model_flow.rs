@@ -2,9 +2,10 @@
 //! fused kernels against plain candle ops, finite decodes of wild codes, training lowers the
 //! NLL (and resumes exactly), save/load round trip with clear errors.
 
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use latent_atlas::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
+use common::discs;
 use latent_atlas::model::flow::{self, ops, Flow, FlowArch, FLOW_LATENT_DIM};
 use latent_atlas::model::train::{train, TrainKind, TrainOptions};
 use latent_atlas::model::{
@@ -211,45 +212,6 @@ fn decode_of_wild_codes_stays_finite_and_in_range() {
     }
     let bad = Tensor::zeros((1, 100), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(model.decode(&bad), Err(ModelError::BadInput(_))));
-}
-
-/// 48 images of a soft disc whose position and colour vary with the index.
-fn discs() -> Dataset {
-    let n = 48;
-    let mut pixels = Vec::with_capacity(n * IMAGE_LEN);
-    for i in 0..n {
-        let (cx, cy) = (16.0 + (i % 6) as f32 * 6.0, 16.0 + (i / 6) as f32 * 4.0);
-        let colour = [
-            (i * 37 % 255) as f32,
-            (i * 91 % 255) as f32,
-            (i * 13 % 255) as f32,
-        ];
-        for col in colour {
-            for y in 0..64 {
-                for x in 0..64 {
-                    let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                    let w = (-d2 / 120.0).exp();
-                    pixels.push((w * col + (1.0 - w) * 40.0) as u8);
-                }
-            }
-        }
-    }
-    Dataset {
-        id: "test:discs".into(),
-        sample_ids: (0..n).map(|i| format!("disc{i}")).collect(),
-        splits: (0..n)
-            .map(|i| {
-                if i % 4 == 0 {
-                    Split::Test
-                } else {
-                    Split::Train
-                }
-            })
-            .collect(),
-        pixels: pixels.into(),
-        info: SampleInfo::default(),
-        skipped: Vec::new(),
-    }
 }
 
 fn opts(epochs: usize) -> TrainOptions {
