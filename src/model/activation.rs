@@ -6,13 +6,14 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor; errors name the custom op `op`.
+pub(crate) fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(d) = s else {
-        candle_core::bail!("leaky_relu: expected f32, got {:?}", s.dtype())
+        candle_core::bail!("{op}: expected f32, got {:?}", s.dtype())
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("leaky_relu: input must be contiguous"),
+        None => candle_core::bail!("{op}: input must be contiguous"),
     }
 }
 
@@ -24,7 +25,7 @@ impl CustomOp1 for Leaky {
         "fast-leaky-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32("leaky_relu", s, l)?;
         let slope = self.0;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
@@ -55,8 +56,8 @@ impl CustomOp2 for LeakyGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(s1, l1)?;
-        let x = contiguous_f32(s2, l2)?;
+        let g = contiguous_f32("leaky_relu", s1, l1)?;
+        let x = contiguous_f32("leaky_relu", s2, l2)?;
         if g.len() != x.len() {
             candle_core::bail!(
                 "leaky_relu grad: shape mismatch {:?} vs {:?}",

@@ -2,19 +2,10 @@
 //! channel over batch and pixels) for the CPU, with a hand-written backward. Built from candle
 //! reductions and broadcasts the same thing costs about half of a GAN training step.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("batch_normalize: expected f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("batch_normalize: input must be contiguous"),
-    }
-}
+use super::activation::contiguous_f32;
 
 /// `(batch, channels, pixels per channel and image)` of a `[B, C, H, W]` layout.
 fn bchw(l: &Layout) -> Result<(usize, usize, usize)> {
@@ -50,7 +41,7 @@ impl CustomOp1 for Normalize {
         "fast-batch-normalize"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32("batch_normalize", s, l)?;
         let (b, c, hw) = bchw(l)?;
         let st = stats(x, b, c, hw, self.0);
         let mut y = vec![0f32; x.len()];
@@ -85,8 +76,8 @@ impl CustomOp2 for NormalizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(s1, l1)?;
-        let x = contiguous_f32(s2, l2)?;
+        let g = contiguous_f32("batch_normalize", s1, l1)?;
+        let x = contiguous_f32("batch_normalize", s2, l2)?;
         if l1.dims() != l2.dims() {
             candle_core::bail!(
                 "batch_normalize grad: shape mismatch {:?} vs {:?}",
