@@ -176,3 +176,82 @@ fn dataset_probes_use_the_ground_truth() {
     assert!(generating_factor_probe(&DMatrix::zeros(10, 2), &no_info, &[0], &[1]).is_err());
     assert!((majority_baseline(&[1, 1, 2, 3]) - 0.5).abs() < 1e-12);
 }
+
+/// The shared ground-truth probes (CLI `probe` and the explorer's Probes tab) on CelebA-style
+/// attributes: a planted attribute is recovered, a mapped copy of the codes agrees with the
+/// probe's own labels, and a rotated-but-unmapped copy does not.
+#[test]
+fn ground_truth_probes_attributes_and_post_map_agreement() {
+    use latent_atlas::latent::ground_truth::{
+        mean_agreement, probe_splits, GroundTruth, ProbeTask,
+    };
+    let n = 400;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let codes = gaussian(n, 6, &mut rng);
+    let attrs: Vec<i8> = (0..n)
+        .flat_map(|r| {
+            let a = if codes[(r, 0)] + 0.5 * codes[(r, 3)] > 0.0 {
+                1
+            } else {
+                -1
+            };
+            let b = if codes[(r, 1)] > 0.8 { 1 } else { -1 };
+            [a, b]
+        })
+        .collect();
+    let info = SampleInfo {
+        attribute_names: vec!["Smiling".into(), "Bald".into()],
+        attributes: Some(attrs),
+        ..SampleInfo::default()
+    };
+    let ds = dataset(n, info);
+    ds.validate().unwrap();
+    let truth = GroundTruth::of(&ds).unwrap();
+    assert_eq!(truth.task(), ProbeTask::Attributes);
+    assert_eq!(truth.output_names(&ds), vec!["Smiling", "Bald"]);
+    let (train, test) = probe_splits(&ds).unwrap();
+    let rows = |m: &DMatrix<f32>, idx: &[usize]| {
+        DMatrix::from_fn(idx.len(), m.ncols(), |r, c| m[(idx[r], c)])
+    };
+    let probe = truth.fit(&rows(&codes, &train), &train).unwrap();
+    let own = truth.score(&probe, &rows(&codes, &test), &test).unwrap();
+    assert_eq!(own.scores.per_output.len(), 2);
+    assert!(own.scores.per_output[0] > 0.9, "{:?}", own.scores);
+    let majority = truth.majority(&test).unwrap().unwrap();
+    assert!(
+        own.scores.mean > majority + 0.05,
+        "{} vs {majority}",
+        own.scores.mean
+    );
+
+    // codes that went through an exact relocation and back: the probe's labels are unchanged
+    let mapped = truth.score(&probe, &rows(&codes, &test), &test).unwrap();
+    let same = mean_agreement(
+        mapped.labels.as_ref().unwrap(),
+        own.labels.as_ref().unwrap(),
+    )
+    .unwrap();
+    assert!((same - 1.0).abs() < 1e-12);
+    // a permutation of the code axes (a map that was never fitted) breaks the probe
+    let permuted = DMatrix::from_fn(n, 6, |r, c| codes[(r, (c + 1) % 6)]);
+    let wrong = truth.score(&probe, &rows(&permuted, &test), &test).unwrap();
+    assert!(
+        wrong.scores.per_output[0] < own.scores.per_output[0] - 0.2,
+        "{:?}",
+        wrong.scores
+    );
+    assert!(
+        mean_agreement(wrong.labels.as_ref().unwrap(), own.labels.as_ref().unwrap()).unwrap()
+            < same
+    );
+
+    // no ground truth, no splits: clear errors
+    let bare = dataset(10, SampleInfo::default());
+    let err = GroundTruth::of(&bare).err().unwrap().to_string();
+    assert!(err.contains("no ground truth"), "{err}");
+    let mut no_test = dataset(10, SampleInfo::default());
+    no_test.splits = vec![Split::Train; 10];
+    let err = probe_splits(&no_test).unwrap_err().to_string();
+    assert!(err.contains("train and a test split"), "{err}");
+    assert!(mean_agreement(&[], &[]).is_err());
+}

@@ -36,13 +36,13 @@ step gan-a-ft --model recoder --generator runs/gan-a --keep-recoder --image-loss
 ship gan-a runs/gan-a-ft; cp "$(ls runs/gan-a-gen/samples/samples_*.png | tail -1)" assets/models/gan-a/samples.png
 step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 2 --steps-per-epoch 300 --name refdcgan
 ship refdcgan runs/refdcgan
-step style-a-gen --model style --data synthfaces --latent-dim 64 --seed 7 --epochs 2 --name style-a
+step style-a-gen --model style --data synthfaces --latent-dim 64 --seed 7 --epochs 5 --name style-a
 step style-a --model recoder --generator runs/style-a-gen --data synthfaces --seed 8 --epochs 1 --steps-per-epoch 300 --name style-a
 # as for gan-a: fine-tune the W recoder with the image-space term on real images
 step style-a-ft --model recoder --generator runs/style-a --keep-recoder --image-loss 10 --lr 5e-4 --data synthfaces --seed 8 --epochs 1 --steps-per-epoch 300 --name style-a
 ship style-a runs/style-a-ft; cp "$(ls runs/style-a-gen/samples/samples_*.png | tail -1)" assets/models/style-a/samples.png
 step style-a-z --model recoder-z --generator runs/style-a-gen --data synthfaces --seed 9 --epochs 1 --steps-per-epoch 200 --name style-a-z
 # style-a-z is not shipped (its Z recoder is poor by construction; see assets/models/README.md)
-step flow --model flow --data synthfaces --channels 32 --seed 7 --epochs 2 --name flow
+step flow --model flow --data synthfaces --channels 32 --seed 7 --epochs 4 --name flow
 ship flow runs/flow
 echo "== zoo done"

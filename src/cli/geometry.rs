@@ -13,19 +13,16 @@ use serde::Serialize;
 
 use super::analysis::load_loaded;
 use super::bar::{load_data, Bar};
-use crate::data::{Dataset, OnBadImage, Split};
+use crate::data::{Dataset, OnBadImage};
 use crate::latent::estimators::{Estimator, LinearMap};
 use crate::latent::grassmann::{
     distance_curve, random_subspace, transfer_bases, warp_experiment, GrassmannMetric, WarpReport,
 };
+use crate::latent::ground_truth::{mean_agreement, probe_splits, GroundTruth};
 use crate::latent::local_basis::{mapping_warp_experiment, DEFAULT_JACOBIAN_EPS};
 use crate::latent::pipeline::{
     cached_gains, eval_indices, fit_pair, source_support_set, train_indices, FitOn, Loaded,
     PairOptions,
-};
-use crate::latent::probe::{
-    agreement, generating_latents, identity_labels, select_rows, LogisticOptions, LogisticProbe,
-    RidgeProbe, DEFAULT_LAMBDAS,
 };
 use crate::latent::support::random_support_set;
 use crate::model::LatentModel;
@@ -321,13 +318,15 @@ pub fn run_local_basis(a: LocalBasisArgs) -> Result<()> {
 }
 
 /// Ground-truth probes per model and, for each ordered pair, the target's probe applied to
-/// mapped source codes: generating-factor R² (synthfaces) or identity accuracy (orl).
+/// mapped source codes: generating-factor R² (synthfaces), identity accuracy (orl) or
+/// attribute accuracy (CelebA).
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Models (names or directories), comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub models: Vec<String>,
-    /// Dataset spec: synthfaces (generating latents) or orl (identities).
+    /// Dataset spec: synthfaces (generating latents), orl (identities) or a CelebA root
+    /// (`celeba:DIR`, its 40 attributes).
     #[arg(long, default_value = "synthfaces")]
     pub data: String,
     /// Points the pair maps (lstsq) are fitted on.
@@ -341,16 +340,6 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
-enum Truth {
-    Factors(DMatrix<f32>),
-    Identity(Vec<u32>, usize),
-}
-
-enum Fitted {
-    Ridge(RidgeProbe),
-    Logistic(LogisticProbe),
-}
-
 /// One ordered pair's post-map probe result.
 #[derive(Clone, Debug, Serialize)]
 pub struct PairProbe {
@@ -360,78 +349,17 @@ pub struct PairProbe {
     pub target: String,
     /// The target's probe on mapped source codes: mean R² or accuracy against the truth.
     pub score: f64,
+    /// Per output (factor R² or attribute accuracy); empty for identity.
+    pub per_output: Vec<f64>,
     /// Classification only: agreement with the target probe's labels on the target's own codes.
     pub agreement: Option<f64>,
-}
-
-impl Truth {
-    fn of(ds: &Dataset) -> Result<Truth> {
-        if ds.info.generating_latents.is_some() {
-            Ok(Truth::Factors(generating_latents(ds)?))
-        } else if ds.info.identity.is_some() {
-            let (labels, n) = identity_labels(ds)?;
-            Ok(Truth::Identity(labels, n))
-        } else {
-            bail!(
-                "dataset {} has neither generating latents nor identities",
-                ds.id
-            )
-        }
-    }
-    fn fit(&self, codes: &DMatrix<f32>, idx: &[usize]) -> Result<Fitted> {
-        Ok(match self {
-            Truth::Factors(y) => Fitted::Ridge(RidgeProbe::fit(
-                codes,
-                &select_rows(y, idx)?,
-                &DEFAULT_LAMBDAS,
-            )?),
-            Truth::Identity(l, n) => {
-                let labels: Vec<u32> = idx.iter().map(|&i| l[i]).collect();
-                Fitted::Logistic(LogisticProbe::fit(
-                    codes,
-                    &labels,
-                    *n,
-                    &LogisticOptions::default(),
-                )?)
-            }
-        })
-    }
-    /// Score of `probe` on `codes` (rows = samples `idx`), and its labels when classifying.
-    fn score(
-        &self,
-        probe: &Fitted,
-        codes: &DMatrix<f32>,
-        idx: &[usize],
-    ) -> Result<(f64, Option<Vec<u32>>)> {
-        Ok(match (self, probe) {
-            (Truth::Factors(y), Fitted::Ridge(p)) => {
-                (p.score(codes, &select_rows(y, idx)?)?.mean_r2, None)
-            }
-            (Truth::Identity(l, _), Fitted::Logistic(p)) => {
-                let pred = p.predict(codes)?;
-                let truth: Vec<u32> = idx.iter().map(|&i| l[i]).collect();
-                (agreement(&pred, &truth)?, Some(pred))
-            }
-            _ => bail!("probe and task do not match"),
-        })
-    }
 }
 
 /// Runs `probe`.
 pub fn run_probe(a: ProbeArgs) -> Result<()> {
     let ds = load_data(&a.data, OnBadImage::Skip)?;
-    let truth = Truth::of(&ds)?;
-    let train = ds.indices(Split::Train);
-    let mut test = ds.indices(Split::Test);
-    if test.is_empty() {
-        test = ds.indices(Split::Valid);
-    }
-    if train.is_empty() || test.is_empty() {
-        bail!(
-            "dataset {} needs a train and a test split for probes",
-            ds.id
-        );
-    }
+    let truth = GroundTruth::of(&ds)?;
+    let (train, test) = probe_splits(&ds)?;
     let loaded: Vec<Loaded> = a
         .models
         .iter()
@@ -440,7 +368,9 @@ pub fn run_probe(a: ProbeArgs) -> Result<()> {
     let mut probes = Vec::new();
     let mut own = Vec::new();
     for l in &loaded {
-        let probe = truth.fit(&l.encodings.rows(&train), &train)?;
+        let probe = truth
+            .fit(&l.encodings.rows(&train), &train)
+            .with_context(|| format!("probe on {}", l.name()))?;
         own.push(truth.score(&probe, &l.encodings.rows(&test), &test)?);
         probes.push(probe);
     }
@@ -449,31 +379,38 @@ pub fn run_probe(a: ProbeArgs) -> Result<()> {
         for (ti, tgt) in loaded.iter().enumerate().filter(|(ti, _)| *ti != si) {
             let (map, _) = support_map(src, tgt, &ds, a.fit_on, a.seed)?;
             let mapped = map.apply(&src.encodings.rows(&test))?;
-            let (score, labels) = truth.score(&probes[ti], &mapped, &test)?;
-            let agree = match (&labels, &own[ti].1) {
-                (Some(m), Some(o)) => Some(agreement(m, o)?),
+            let scored = truth.score(&probes[ti], &mapped, &test)?;
+            let agree = match (&scored.labels, &own[ti].labels) {
+                (Some(m), Some(o)) => Some(mean_agreement(m, o)?),
                 _ => None,
             };
             pairs.push(PairProbe {
                 source: src.name().into(),
                 target: tgt.name().into(),
-                score,
+                score: scored.scores.mean,
+                per_output: scored.scores.per_output,
                 agreement: agree,
             });
         }
     }
-    let what = if matches!(truth, Truth::Factors(_)) {
-        "mean R² of the generating factors"
-    } else {
-        "identity accuracy"
-    };
+    let what = truth.task().metric();
+    let majority = truth.majority(&test)?;
     if a.json {
         let models: Vec<_> = loaded
             .iter()
             .zip(&own)
-            .map(|(l, o)| serde_json::json!({"model": l.name(), "score": o.0}))
+            .map(|(l, o)| serde_json::json!({"model": l.name(), "score": o.scores.mean, "per_output": o.scores.per_output}))
             .collect();
-        let j = serde_json::json!({"dataset": ds.id, "metric": what, "fit_on": a.fit_on, "models": models, "pairs": pairs});
+        let j = serde_json::json!({
+            "dataset": ds.id,
+            "task": truth.task(),
+            "metric": what,
+            "outputs": truth.output_names(&ds),
+            "majority_baseline": majority,
+            "fit_on": a.fit_on,
+            "models": models,
+            "pairs": pairs
+        });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
@@ -483,8 +420,11 @@ pub fn run_probe(a: ProbeArgs) -> Result<()> {
         train.len(),
         test.len()
     );
+    if let Some(m) = majority {
+        println!("  {:<20} {m:.4}", "(majority class)");
+    }
     for (l, o) in loaded.iter().zip(&own) {
-        println!("  {:<20} {:.4}", l.name(), o.0);
+        println!("  {:<20} {:.4}", l.name(), o.scores.mean);
     }
     println!(
         "target's probe on mapped source codes (lstsq map fitted on {}):",

@@ -33,6 +33,7 @@ pub mod estimators;
 pub mod gain;
 pub mod gain_screened;
 pub mod grassmann;
+pub mod ground_truth;
 pub mod linalg;
 pub mod local_basis;
 pub mod map_io;

@@ -17,14 +17,6 @@ const COLORS: [Color32; 3] = [
     Color32::from_rgb(120, 200, 120),
 ];
 
-fn metric(task: ProbeTask) -> &'static str {
-    match task {
-        ProbeTask::Factors => "mean R² of the generating factors (ridge)",
-        ProbeTask::Identity => "identity accuracy (logistic regression)",
-        ProbeTask::Attributes => "mean attribute accuracy (ridge classifier)",
-    }
-}
-
 /// The Probes tab.
 pub fn probe_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
     ui.horizontal(|ui| {
@@ -56,7 +48,7 @@ pub fn probe_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
     ui.label(
         RichText::new(format!(
             "{} on {} ({} train, {} test samples); map: {}; {:.1} s",
-            metric(r.task),
+            r.task.metric(),
             r.dataset,
             r.num_train,
             r.num_test,

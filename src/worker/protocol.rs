@@ -378,25 +378,7 @@ pub struct TraversalResult {
     pub compute_secs: f64,
 }
 
-/// What the probes predict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeTask {
-    /// The generating latents of a synthetic dataset (ridge, R² per factor).
-    Factors,
-    /// Identity labels (logistic regression, accuracy).
-    Identity,
-    /// Binary attributes (ridge classifier, accuracy per attribute).
-    Attributes,
-}
-
-/// One probe's held-out scores.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProbeScores {
-    /// Mean R² (factors) or accuracy (identity, attributes).
-    pub mean: f64,
-    /// Per output (factor R² or attribute accuracy); empty for identity.
-    pub per_output: Vec<f64>,
-}
+pub use crate::latent::ground_truth::{ProbeScores, ProbeTask};
 
 /// The probes of one pair (answer to [`Command::Probes`]).
 #[derive(Clone, Debug)]
