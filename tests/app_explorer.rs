@@ -187,7 +187,6 @@ fn app_exports_the_triptych_and_the_analysis() {
         (ExportKind::Map, "map.safetensors"),
         (ExportKind::Support, "support.json"),
         (ExportKind::Metrics, "metrics.csv"),
-        (ExportKind::Montage, "montage.png"),
     ] {
         let path = out.join(name);
         h.state_mut().export_to(kind, &path).unwrap();
@@ -196,6 +195,61 @@ fn app_exports_the_triptych_and_the_analysis() {
     let map =
         latent_atlas::latent::LinearMap::load_safetensors(&out.join("map.safetensors")).unwrap();
     assert_eq!((map.source_dim(), map.target_dim()), (8, 8));
+
+    // the relocation montage decodes on the geometry thread and announces itself
+    let montage = out.join("montage.png");
+    let members = h.state().session().support.as_ref().unwrap().indices.len();
+    h.state_mut()
+        .export_to(ExportKind::Montage, &montage)
+        .unwrap();
+    wait_until(&mut h, "the montage written", |app| {
+        app.session().geometry.montage_jobs.is_empty() && montage.exists()
+    });
+    let img = image::open(&montage).unwrap();
+    let blocks = members.div_ceil(15) as u32;
+    assert_eq!(
+        (img.width(), img.height()),
+        (15 * 66 + 2, blocks * 3 * 66 + 2),
+        "{members} samples in blocks of 15: originals, reconstructions, relocations"
+    );
+    assert!(h
+        .state()
+        .session()
+        .toasts
+        .iter()
+        .any(|t| !t.is_error && t.text.contains("relocation montage")));
+}
+
+#[test]
+fn app_pairs_tab_computes_the_matrix_and_a_cell_selects_its_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    h.get_by_label("Pairs").click();
+    h.run_ok();
+    h.get_by_label("Compute all pairs").click();
+    wait_until(&mut h, "both off-diagonal cells", |app| {
+        app.session().pairs.as_ref().is_some_and(|p| {
+            p.cells
+                .iter()
+                .enumerate()
+                .all(|(i, row)| row.iter().enumerate().all(|(j, c)| i == j || c.is_some()))
+        })
+    });
+    let pairs = h.state().session().pairs.clone().unwrap();
+    assert_eq!(pairs.names, vec!["vae-a", "vae-b"]);
+    let m = pairs.cells[1][0]
+        .clone()
+        .unwrap()
+        .expect("an M-MSE for vae-b → vae-a");
+    assert!(m.is_finite() && m > 0.0, "{m}");
+    let fits = h.state().session().fits_done;
+    h.get_by_label("pair vae-b to vae-a").click();
+    wait_until(&mut h, "the refit for vae-b → vae-a", |app| {
+        let s = app.session();
+        s.source.as_ref().is_some_and(|m| m.name == "vae-b")
+            && s.target.as_ref().is_some_and(|m| m.name == "vae-a")
+            && s.fits_done > fits
+    });
 }
 
 /// The local-basis slider of direction `dir` (label `dir i · σ=…`).

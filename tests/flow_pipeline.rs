@@ -2,8 +2,9 @@
 //! maps into and out of the flow with `ridge:auto`, relocation metrics, and the f16 codes
 //! cache.
 
+mod common;
+
 use candle_core::{Device, Tensor};
-use latent_atlas::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
 use latent_atlas::latent::encodings::{load, save, Encodings, F16_ABOVE_DIM};
 use latent_atlas::latent::gain_screened::{screened_reconstruction_gain, SCREEN_CANDIDATES};
 use latent_atlas::latent::pipeline::{
@@ -18,44 +19,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// 64 images: a soft disc whose position, size and colour vary.
-fn discs() -> Dataset {
-    let n = 64;
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let mut pixels = Vec::with_capacity(n * IMAGE_LEN);
-    for _ in 0..n {
-        let (cx, cy): (f32, f32) = (rng.random_range(16.0..48.0), rng.random_range(16.0..48.0));
-        let r2: f32 = rng.random_range(60.0..200.0);
-        let colour: [f32; 3] = [
-            rng.random_range(0.0..255.0),
-            rng.random_range(0.0..255.0),
-            rng.random_range(0.0..255.0),
-        ];
-        for col in colour {
-            for y in 0..64 {
-                for x in 0..64 {
-                    let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                    let w = (-d2 / r2).exp();
-                    pixels.push((w * col + (1.0 - w) * 60.0) as u8);
-                }
-            }
-        }
-    }
-    Dataset {
-        id: "test:flow-discs".into(),
-        sample_ids: (0..n).map(|i| format!("d{i}")).collect(),
-        splits: (0..n)
-            .map(|i| {
-                if i % 4 == 0 {
-                    Split::Test
-                } else {
-                    Split::Train
-                }
-            })
-            .collect(),
-        pixels: pixels.into(),
-        info: SampleInfo::default(),
-        skipped: Vec::new(),
-    }
+fn discs() -> latent_atlas::data::Dataset {
+    common::random_discs(64, 3)
 }
 
 /// A tiny flow moved away from the identity (random coupling outputs and 1x1 convs).

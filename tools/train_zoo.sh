@@ -36,7 +36,7 @@ step gan-a-ft --model recoder --generator runs/gan-a --keep-recoder --image-loss
 ship gan-a runs/gan-a-ft; cp "$(ls runs/gan-a-gen/samples/samples_*.png | tail -1)" assets/models/gan-a/samples.png
 step refdcgan --model recoder --generator assets/models/refdcgan --data synthfaces --seed 6 --epochs 2 --steps-per-epoch 300 --name refdcgan
 ship refdcgan runs/refdcgan
-step style-a-gen --model style --data synthfaces --latent-dim 64 --seed 7 --epochs 5 --name style-a
+step style-a-gen --model style --data synthfaces --latent-dim 64 --seed 7 --epochs 12 --name style-a
 step style-a --model recoder --generator runs/style-a-gen --data synthfaces --seed 8 --epochs 1 --steps-per-epoch 300 --name style-a
 # as for gan-a: fine-tune the W recoder with the image-space term on real images
 step style-a-ft --model recoder --generator runs/style-a --keep-recoder --image-loss 10 --lr 5e-4 --data synthfaces --seed 8 --epochs 1 --steps-per-epoch 300 --name style-a

@@ -6,25 +6,28 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::command::ExportKind;
-use super::session::{chw_to_rgb, Session};
+use super::session::Session;
 use crate::data::IMAGE_SIZE;
 
 /// The default file name of an export.
 pub fn default_file_name(kind: ExportKind) -> &'static str {
     match kind {
         ExportKind::Triptych => "triptych.png",
-        ExportKind::Montage => "support-montage.png",
+        ExportKind::Montage => "relocation-montage.png",
         ExportKind::Map => "map.safetensors",
         ExportKind::Support => "support-set.json",
         ExportKind::Metrics => "metrics.csv",
     }
 }
 
-/// Writes `kind` to `path`; returns a line describing what was written.
+/// Writes `kind` to `path` now; returns a line describing what was written. The montage
+/// decodes images, so the worker writes it (see `ExplorerApp::export_to`).
 pub fn export(session: &Session, kind: ExportKind, path: &Path) -> Result<String> {
     match kind {
         ExportKind::Triptych => export_triptych(session, path),
-        ExportKind::Montage => export_montage(session, path),
+        ExportKind::Montage => {
+            anyhow::bail!("the montage is written by the worker (ExplorerApp::export_to)")
+        }
         ExportKind::Map => export_map(session, path),
         ExportKind::Support => {
             let support = session.support.as_ref().context("no support set yet")?;
@@ -65,23 +68,6 @@ fn export_triptych(session: &Session, path: &Path) -> Result<String> {
     crate::grid::save_png(&crate::grid::tile(&big, big.len(), 8), path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(format!("triptych saved to {}", path.display()))
-}
-
-fn export_montage(session: &Session, path: &Path) -> Result<String> {
-    let ds = session.dataset.as_ref().context("no dataset yet")?;
-    let support = session.support.as_ref().context("no support set yet")?;
-    let images = support
-        .indices
-        .iter()
-        .map(|&i| rgb_image(&chw_to_rgb(&ds.image_u8(i))))
-        .collect::<Result<Vec<_>>>()?;
-    crate::grid::save_png(&crate::grid::tile(&images, 15, 2), path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(format!(
-        "montage of {} support samples saved to {}",
-        images.len(),
-        path.display()
-    ))
 }
 
 fn export_map(session: &Session, path: &Path) -> Result<String> {

@@ -113,6 +113,8 @@ pub struct GeometryState {
     pub probes_job: Option<Job>,
     /// Their last error.
     pub probes_error: Option<String>,
+    /// Running montage exports (written by the geometry thread).
+    pub montage_jobs: Vec<Job>,
 }
 
 /// Whether `sent` is request `req`.
@@ -131,6 +133,7 @@ impl GeometryState {
         [&self.basis_job, &self.traversal_job, &self.probes_job]
             .into_iter()
             .flatten()
+            .chain(self.montage_jobs.iter())
     }
 
     fn job_mut(&mut self, req: RequestId) -> Option<&mut Option<Job>> {
@@ -157,6 +160,7 @@ impl GeometryState {
         if let Some(slot) = self.job_mut(req) {
             *slot = None;
         }
+        self.montage_jobs.retain(|j| j.req != req);
         if let Some(e) = error {
             if self.basis_sent.as_ref().is_some_and(|s| s.0 == req) {
                 self.basis_error = Some(e.to_string());
@@ -175,6 +179,7 @@ impl GeometryState {
             self.probes_sent.as_ref().map(|s| s.0),
         ]
         .contains(&Some(req))
+            || self.montage_jobs.iter().any(|j| j.req == req)
     }
 
     /// Folds in a result event (stale answers are dropped).

@@ -2,7 +2,10 @@
 //! (only when their inputs changed), local-coordinate edits of the slider code, traversal
 //! playback. The state they work on is [`super::geometry::GeometryState`].
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use super::command::AppCommand;
 use super::geometry::{bits, GeometryCommand, MAX_LOCAL_K, STRIP_FRAMES};
@@ -133,6 +136,38 @@ impl ExplorerApp {
             "traversal"
         };
         g.traversal_job = Some(Job::new(req, what));
+    }
+
+    /// Asks the geometry thread for the relocation montage of the support set (originals,
+    /// source reconstructions, target decodings after the map; 15 per block).
+    pub(super) fn request_montage(&mut self, path: &Path) -> anyhow::Result<String> {
+        let indices = self
+            .session
+            .support
+            .as_ref()
+            .map(|s| s.indices.clone())
+            .filter(|i| !i.is_empty())
+            .context("no support set yet")?;
+        if self.session.map.is_none() {
+            anyhow::bail!("no map fitted yet: the montage shows decodings after relocation");
+        }
+        let n = indices.len();
+        let req = self
+            .send_geometry(|req| Command::Montage {
+                req,
+                indices,
+                per_row: 15,
+                path: path.to_path_buf(),
+            })
+            .context("the worker is not running")?;
+        self.session
+            .geometry
+            .montage_jobs
+            .push(Job::new(req, "relocation montage"));
+        Ok(format!(
+            "writing the relocation montage of {n} support samples to {} ...",
+            path.display()
+        ))
     }
 
     fn request_probes(&mut self, force: bool) {

@@ -226,12 +226,10 @@ impl ExplorerApp {
                 }
             }
             AppCommand::ExportDialog(kind) => self.save_dialog(ctx, kind),
-            AppCommand::Export(kind, path) => {
-                match super::export::export(&self.session, kind, &path) {
-                    Ok(msg) => self.session.notify(msg, false),
-                    Err(e) => self.session.notify(format!("export failed: {e:#}"), true),
-                }
-            }
+            AppCommand::Export(kind, path) => match self.export_to(kind, &path) {
+                Ok(msg) => self.session.notify(msg, false),
+                Err(e) => self.session.notify(format!("export failed: {e:#}"), true),
+            },
             AppCommand::OpenDialog(kind) => self.open_dialog(ctx, kind),
             AppCommand::Opened(kind, path) => self.opened(kind, &path),
             AppCommand::TogglePresentation => {

@@ -221,8 +221,13 @@ impl ExplorerApp {
         self.commands.push(command);
     }
 
-    /// Writes an export to `path` now (the dialog-free path used by tests and scripts).
+    /// Writes an export to `path` (the dialog-free path used by tests and scripts). Everything
+    /// but the montage is written now; the montage decodes its images on the geometry thread
+    /// and announces itself with a notification when written.
     pub fn export_to(&mut self, kind: ExportKind, path: &Path) -> Result<String> {
+        if kind == ExportKind::Montage {
+            return self.request_montage(path);
+        }
         export::export(&self.session, kind, path)
     }
 

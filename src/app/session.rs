@@ -382,6 +382,7 @@ impl Session {
             Event::LocalBasisReady { .. }
             | Event::TraversalReady { .. }
             | Event::ProbesReady { .. } => self.geometry.apply(event),
+            Event::Exported { message, .. } => self.notify(message, false),
             Event::Finished { req } | Event::Cancelled { req } if self.geometry.owns(req) => {
                 self.geometry.ended(req, None)
             }

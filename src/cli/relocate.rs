@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Args;
 use nalgebra::DMatrix;
 
@@ -17,7 +17,6 @@ use crate::latent::pipeline::{
     Loaded, PairOptions,
 };
 use crate::latent::support::SupportSet;
-use crate::model::LatentModel;
 use crate::progress::Cancel;
 
 /// The pair, data and fit options shared by `fit` and `montage`.
@@ -217,6 +216,9 @@ pub struct MontageArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 10)]
     n: usize,
+    /// Samples per block of three rows (default: all, at most 15).
+    #[arg(long)]
+    per_row: Option<usize>,
     /// Output PNG.
     #[arg(long)]
     out: PathBuf,
@@ -242,30 +244,27 @@ pub fn run_montage(a: MontageArgs) -> Result<()> {
     } else {
         eval_indices(&p.ds, a.n)
     };
-    let x = p.ds.batch(&idx, &Device::Cpu)?;
     let zs = p.src.encodings.rows(&idx);
-    let to_tensor = |m: &DMatrix<f32>| {
-        Tensor::from_vec(
-            m.transpose().as_slice().to_vec(),
-            (m.nrows(), m.ncols()),
-            &Device::Cpu,
-        )
-    };
-    let recon = p.src.model.decode(&to_tensor(&zs)?)?;
-    let mapped = p.tgt.model.decode(&to_tensor(&p.map.apply(&zs)?)?)?;
-    let all = Tensor::cat(&[&x, &recon, &mapped], 0)?;
-    crate::grid::save_grid(&all, idx.len(), &a.out)?;
-    let mse =
-        |y: &Tensor| -> Result<f64> { Ok((y - &x)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64) };
+    let per_row = a.per_row.unwrap_or(idx.len().min(15));
+    let m = crate::grid::relocation_montage(
+        &p.ds,
+        &idx,
+        &p.src.model,
+        &zs,
+        &p.tgt.model,
+        &p.map,
+        per_row,
+    )?;
+    crate::grid::save_png(&m.image, &a.out)?;
     println!(
         "{} → {} ({} fit): rows = originals, {} reconstructions (MSE {:.4}), {} decodings after relocation (MSE {:.4}); written to {}",
         p.src.name(),
         p.tgt.name(),
         a.pair.fit_on,
         p.src.name(),
-        mse(&recon)?,
+        m.recon_mse,
         p.tgt.name(),
-        mse(&mapped)?,
+        m.mapped_mse,
         a.out.display()
     );
     Ok(())

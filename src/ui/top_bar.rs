@@ -49,7 +49,10 @@ fn files_menu_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
         ui.separator();
         for (label, kind) in [
             ("Export triptych (PNG)...", ExportKind::Triptych),
-            ("Export support montage (PNG)...", ExportKind::Montage),
+            (
+                "Export relocation montage of the support set (PNG)...",
+                ExportKind::Montage,
+            ),
             ("Export map (safetensors + npy)...", ExportKind::Map),
             ("Export support set (JSON)...", ExportKind::Support),
             ("Export metrics (CSV)...", ExportKind::Metrics),

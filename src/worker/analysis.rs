@@ -80,7 +80,8 @@ pub(crate) fn run(config: &WorkerConfig, rx: Receiver<Command>, out: &Outbox, sh
                 Command::Decode { .. }
                 | Command::LocalBasis { .. }
                 | Command::Traverse { .. }
-                | Command::Probes { .. } => Ok(()),
+                | Command::Probes { .. }
+                | Command::Montage { .. } => Ok(()),
             };
             match result {
                 Ok(()) => out.send(Event::Finished { req }),

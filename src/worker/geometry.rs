@@ -4,6 +4,7 @@
 //! runs, older ones are answered with [`Event::Cancelled`].
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,14 +97,17 @@ fn is_stale(cmd: &Command, pair: &ActivePair) -> bool {
     }
 }
 
-/// The pending commands in order, keeping only the newest of each kind.
+/// The pending commands in order, keeping only the newest of each kind (all exports).
 fn newest_of_each_kind(first: Command, rx: &Receiver<Command>, out: &Outbox) -> Vec<Command> {
     let mut cmds = vec![first];
     cmds.extend(rx.try_iter());
     let kind = |c: &Command| std::mem::discriminant(c);
     let mut kept = Vec::with_capacity(cmds.len());
     for i in 0..cmds.len() {
-        if cmds[i + 1..].iter().any(|c| kind(c) == kind(&cmds[i])) {
+        // exports are never dropped; the newest basis, traversal or probes request wins
+        let superseded = !matches!(cmds[i], Command::Montage { .. })
+            && cmds[i + 1..].iter().any(|c| kind(c) == kind(&cmds[i]));
+        if superseded {
             out.send(Event::Cancelled { req: cmds[i].req() });
         } else {
             kept.push(cmds[i].clone());
@@ -177,6 +181,15 @@ impl Cache {
                     req,
                     probes: Arc::new(probes),
                 });
+            }
+            Command::Montage {
+                req,
+                indices,
+                per_row,
+                path,
+            } => {
+                let message = montage(pair, &indices, per_row, &path)?;
+                out.send(Event::Exported { req, message });
             }
             Command::Sync { .. } | Command::Decode { .. } | Command::Pairs { .. } => {}
         }
@@ -465,4 +478,36 @@ fn decode_strip(pair: &ActivePair, path: &[Vec<f32>], frames: usize) -> Result<S
         }
     };
     Ok((indices, strip_source, strip_target))
+}
+
+/// Writes the relocation montage of `indices` for the active pair to `path`.
+fn montage(pair: &ActivePair, indices: &[usize], per_row: usize, path: &Path) -> Result<String> {
+    let map = pair
+        .map
+        .as_deref()
+        .context("no map fitted yet: the montage shows decodings after relocation")?;
+    let n = pair.dataset.len();
+    if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+        bail!("sample {bad} is not in the dataset ({n} samples)");
+    }
+    let codes = pair.source.encodings.rows(indices);
+    let m = crate::grid::relocation_montage(
+        &pair.dataset,
+        indices,
+        &pair.source.model,
+        &codes,
+        &pair.target.model,
+        map,
+        per_row,
+    )?;
+    crate::grid::save_png(&m.image, path)?;
+    Ok(format!(
+        "relocation montage of {} samples ({} -> {}: reconstruction MSE {:.4}, after relocation {:.4}) saved to {}",
+        indices.len(),
+        pair.source.name(),
+        pair.target.name(),
+        m.recon_mse,
+        m.mapped_mse,
+        path.display()
+    ))
 }

@@ -147,9 +147,10 @@ impl Worker {
         let tx = match command {
             Command::Decode { .. } => &self.decode_tx,
             Command::Sync { .. } | Command::Pairs { .. } => &self.analysis_tx,
-            Command::LocalBasis { .. } | Command::Traverse { .. } | Command::Probes { .. } => {
-                &self.geometry_tx
-            }
+            Command::LocalBasis { .. }
+            | Command::Traverse { .. }
+            | Command::Probes { .. }
+            | Command::Montage { .. } => &self.geometry_tx,
         };
         tx.as_ref()
             .context("the worker is shut down")?
@@ -177,6 +178,9 @@ impl Worker {
     }
 }
 
+/// How long dropping the worker waits for busy threads.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(750);
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.cancel();
@@ -184,7 +188,22 @@ impl Drop for Worker {
         self.analysis_tx = None;
         self.decode_tx = None;
         self.geometry_tx = None;
+        // Jobs stop at their next cancellation check. A step without one (generating a
+        // synthetic dataset, one long decode) must not hold the window open: after
+        // SHUTDOWN_GRACE such threads are left to the process exit. Every file they write is
+        // a temporary file renamed into place when complete, so nothing half-written remains.
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
         for t in self.threads.drain(..) {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                log::info!(
+                    "thread {} is still busy at exit; leaving it to the process exit",
+                    t.thread().name().unwrap_or("?")
+                );
+                continue;
+            }
             if t.join().is_err() {
                 log::error!("a worker thread panicked");
             }

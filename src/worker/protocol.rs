@@ -142,6 +142,19 @@ pub enum Command {
         /// Request id.
         req: RequestId,
     },
+    /// The paper's Fig. 2 for dataset samples `indices` of the active pair: blocks of
+    /// `per_row` originals, source reconstructions and target decodings after relocation,
+    /// written as a PNG (atomically) to `path`.
+    Montage {
+        /// Request id.
+        req: RequestId,
+        /// Dataset indices to show.
+        indices: Vec<usize>,
+        /// Samples per block of three rows.
+        per_row: usize,
+        /// Output PNG.
+        path: PathBuf,
+    },
 }
 
 impl Command {
@@ -153,7 +166,8 @@ impl Command {
             | Command::Pairs { req, .. }
             | Command::LocalBasis { req, .. }
             | Command::Traverse { req, .. }
-            | Command::Probes { req } => *req,
+            | Command::Probes { req }
+            | Command::Montage { req, .. } => *req,
         }
     }
 }
@@ -287,6 +301,13 @@ pub enum Event {
         req: RequestId,
         /// The result.
         probes: Arc<ProbeResult>,
+    },
+    /// A file was written (montage export).
+    Exported {
+        /// Request id.
+        req: RequestId,
+        /// What was written where.
+        message: String,
     },
     /// A request finished (after its last result event).
     Finished {

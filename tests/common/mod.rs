@@ -1,31 +1,35 @@
-//! Fixtures shared by the training tests.
+//! Fixtures shared by the training and pipeline tests: datasets of soft coloured discs.
+#![allow(dead_code)] // each test binary uses some of them
 
 use latent_atlas::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-/// 48 images of a soft coloured disc whose position and colour vary with the index.
-pub fn discs() -> Dataset {
-    let n = 48;
+/// One disc: centre, squared radius scale, RGB colour.
+struct Disc {
+    centre: (f32, f32),
+    r2: f32,
+    colour: [f32; 3],
+}
+
+/// A dataset of one disc per image on a grey `background`; every fourth image is a test image.
+fn disc_dataset(id: &str, prefix: &str, discs: &[Disc], background: f32) -> Dataset {
+    let n = discs.len();
     let mut pixels = Vec::with_capacity(n * IMAGE_LEN);
-    for i in 0..n {
-        let (cx, cy) = (16.0 + (i % 6) as f32 * 6.0, 16.0 + (i / 6) as f32 * 4.0);
-        let colour = [
-            (i * 37 % 255) as f32,
-            (i * 91 % 255) as f32,
-            (i * 13 % 255) as f32,
-        ];
-        for col in colour {
+    for d in discs {
+        for col in d.colour {
             for y in 0..64 {
                 for x in 0..64 {
-                    let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                    let w = (-d2 / 120.0).exp();
-                    pixels.push((w * col + (1.0 - w) * 40.0) as u8);
+                    let d2 = (x as f32 - d.centre.0).powi(2) + (y as f32 - d.centre.1).powi(2);
+                    let w = (-d2 / d.r2).exp();
+                    pixels.push((w * col + (1.0 - w) * background) as u8);
                 }
             }
         }
     }
     Dataset {
-        id: "test:discs".into(),
-        sample_ids: (0..n).map(|i| format!("disc{i}")).collect(),
+        id: id.into(),
+        sample_ids: (0..n).map(|i| format!("{prefix}{i}")).collect(),
         splits: (0..n)
             .map(|i| {
                 if i % 4 == 0 {
@@ -39,4 +43,37 @@ pub fn discs() -> Dataset {
         info: SampleInfo::default(),
         skipped: Vec::new(),
     }
+}
+
+/// 48 images of a soft coloured disc whose position and colour vary with the index.
+pub fn discs() -> Dataset {
+    let discs: Vec<Disc> = (0..48)
+        .map(|i| Disc {
+            centre: (16.0 + (i % 6) as f32 * 6.0, 16.0 + (i / 6) as f32 * 4.0),
+            r2: 120.0,
+            colour: [
+                (i * 37 % 255) as f32,
+                (i * 91 % 255) as f32,
+                (i * 13 % 255) as f32,
+            ],
+        })
+        .collect();
+    disc_dataset("test:discs", "disc", &discs, 40.0)
+}
+
+/// `n` images of a soft disc whose position, size and colour are drawn from `seed`.
+pub fn random_discs(n: usize, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let discs: Vec<Disc> = (0..n)
+        .map(|_| Disc {
+            centre: (rng.random_range(16.0..48.0), rng.random_range(16.0..48.0)),
+            r2: rng.random_range(60.0..200.0),
+            colour: [
+                rng.random_range(0.0..255.0),
+                rng.random_range(0.0..255.0),
+                rng.random_range(0.0..255.0),
+            ],
+        })
+        .collect();
+    disc_dataset("test:random-discs", "d", &discs, 60.0)
 }
