@@ -1,5 +1,6 @@
 //! `bench --scale N` through the real binary, at a tiny N: generates synthfaces into the
-//! cache (read back from disk), encodes them, and writes scale.json / scale.md.
+//! cache (read back from disk), encodes them, and writes scale.json / scale.md; and
+//! `bench --scatter N` at a small N.
 
 use std::path::Path;
 use std::process::Command;
@@ -75,4 +76,48 @@ fn scale_bench_generates_encodes_and_reports() {
     assert_eq!(second["cache_built_in_this_run"], false);
     assert!(second["generate_img_per_s"].is_null());
     assert_eq!(second["cache_file_bytes"].as_u64(), Some(cache_bytes));
+}
+
+/// `bench --scatter` on a few points: the explorer's projection, pick and (when a wgpu adapter
+/// exists) its scatter pipeline drawing offscreen; a JSON report either way.
+#[test]
+fn scatter_bench_reports_projection_pick_and_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("scatter.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .args([
+            "bench",
+            "--scatter",
+            "3000",
+            "--scatter-frames",
+            "4",
+            "--scatter-size",
+            "96x64",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| scatter, 3000 points |"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["points"], 3000);
+    assert!(r["pick_ms"].as_f64().unwrap() >= 0.0);
+    if r["adapter"].is_string() {
+        assert_eq!(r["frames"], 4);
+        assert!(r["frame_p95_ms"].as_f64().unwrap() > 0.0);
+    } else {
+        assert!(stdout.contains("egui_plot fallback"), "{stdout}");
+    }
+    let err = std::process::Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .args(["bench", "--scatter", "10", "--scatter-size", "big"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("WIDTHxHEIGHT"));
 }

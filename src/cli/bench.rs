@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// The scale benchmark (`--scale [N]` and its options).
     #[command(flatten)]
     pub scale: super::bench_scale::ScaleArgs,
+    /// The scatter benchmark (`--scatter [N]` and its options).
+    #[command(flatten)]
+    pub scatter: super::bench_scatter::ScatterArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -289,6 +292,15 @@ fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, V
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.scale.scale.is_some() {
         return super::bench_scale::run(&a.scale);
+    }
+    if a.scatter.scatter.is_some() {
+        let report = super::bench_scatter::run(&a.scatter)?;
+        if let Some(path) = &a.json {
+            let text = serde_json::to_string_pretty(&report)?;
+            crate::model::store::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
     }
     let ours = ours(a.quick)?;
     let (t_nchw, t_cl) = if a.no_torch {

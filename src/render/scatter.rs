@@ -7,6 +7,13 @@ use eframe::wgpu::util::DeviceExt as _;
 
 use crate::app::scatter_data::ScatterData;
 
+/// Point radius in pixels for a scatter of `n` points: 2 px up to 20,000 points, shrinking
+/// with the square root of the density down to 1 px (dense clouds stay readable, and software
+/// rasterizers draw a quarter of the fragments).
+pub fn point_radius_px(n: usize) -> f32 {
+    (2.0 * (20_000.0 / n.max(1) as f32).sqrt()).clamp(1.0, 2.0)
+}
+
 /// The shader source.
 pub const SHADER: &str = include_str!("../../shaders/scatter.wgsl");
 
@@ -31,94 +38,141 @@ struct Instance {
     color: [u8; 4],
 }
 
-/// GPU objects kept in egui_wgpu's callback resources.
-struct ScatterResources {
+/// The scatter's GPU objects: pipeline, uniform buffer and its bind group. Shared by the
+/// explorer (through egui_wgpu's callback resources) and `bench --scatter` (offscreen).
+pub struct ScatterPipeline {
     pipeline: wgpu::RenderPipeline,
     uniforms: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
-    instances: Option<wgpu::Buffer>,
+}
+
+impl ScatterPipeline {
+    /// Builds the pipeline for colour targets of `format`.
+    pub fn new(device: &wgpu::Device, format: wgpu::TextureFormat) -> Self {
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("scatter"),
+            source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+        });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("scatter"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("scatter"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let attributes = wgpu::vertex_attr_array![0 => Float32x2, 1 => Unorm8x4];
+        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("scatter"),
+            layout: Some(&pipeline_layout),
+            vertex: wgpu::VertexState {
+                module: &shader,
+                entry_point: Some("vs_main"),
+                compilation_options: Default::default(),
+                buffers: &[Some(wgpu::VertexBufferLayout {
+                    array_stride: std::mem::size_of::<Instance>() as u64,
+                    step_mode: wgpu::VertexStepMode::Instance,
+                    attributes: &attributes,
+                })],
+            },
+            fragment: Some(wgpu::FragmentState {
+                module: &shader,
+                entry_point: Some("fs_main"),
+                compilation_options: Default::default(),
+                targets: &[Some(wgpu::ColorTargetState {
+                    format,
+                    blend: Some(wgpu::BlendState::PREMULTIPLIED_ALPHA_BLENDING),
+                    write_mask: wgpu::ColorWrites::ALL,
+                })],
+            }),
+            primitive: wgpu::PrimitiveState::default(),
+            depth_stencil: None,
+            multisample: wgpu::MultisampleState::default(),
+            multiview_mask: None,
+            cache: None,
+        });
+        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("scatter uniforms"),
+            contents: bytemuck::bytes_of(&ScatterUniforms::default()),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("scatter"),
+            layout: &layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: uniforms.as_entire_binding(),
+            }],
+        });
+        ScatterPipeline {
+            pipeline,
+            uniforms,
+            bind_group,
+        }
+    }
+
+    /// Uploads the points of `data` as an instance buffer (None when there are none).
+    pub fn instances(device: &wgpu::Device, data: &ScatterData) -> Option<(wgpu::Buffer, u32)> {
+        let instances: Vec<Instance> = data
+            .points
+            .iter()
+            .zip(&data.colors)
+            .map(|(p, c)| Instance {
+                point: *p,
+                color: *c,
+            })
+            .collect();
+        (!instances.is_empty()).then(|| {
+            let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("scatter points"),
+                contents: bytemuck::cast_slice(&instances),
+                usage: wgpu::BufferUsages::VERTEX,
+            });
+            (buffer, instances.len() as u32)
+        })
+    }
+
+    /// Writes the view for the next draw.
+    pub fn set_view(&self, queue: &wgpu::Queue, uniforms: &ScatterUniforms) {
+        queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(uniforms));
+    }
+
+    /// Draws `count` points (anti-aliased discs) from `instances` into `pass`.
+    pub fn draw(&self, pass: &mut wgpu::RenderPass<'_>, instances: &wgpu::Buffer, count: u32) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_vertex_buffer(0, instances.slice(..));
+        pass.draw(0..6, 0..count);
+    }
+}
+
+/// GPU objects kept in egui_wgpu's callback resources.
+struct ScatterResources {
+    pipeline: ScatterPipeline,
+    instances: Option<(wgpu::Buffer, u32)>,
     generation: u64,
-    count: u32,
 }
 
 /// Creates the pipeline; returns false (and logs) when the shader cannot be used.
 pub fn install(rs: &egui_wgpu::RenderState) -> bool {
-    let device = &rs.device;
-    let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("scatter"),
-        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
-    });
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("scatter"),
-        entries: &[wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        }],
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some("scatter"),
-        bind_group_layouts: &[Some(&layout)],
-        immediate_size: 0,
-    });
-    let attributes = wgpu::vertex_attr_array![0 => Float32x2, 1 => Unorm8x4];
-    let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-        label: Some("scatter"),
-        layout: Some(&pipeline_layout),
-        vertex: wgpu::VertexState {
-            module: &shader,
-            entry_point: Some("vs_main"),
-            compilation_options: Default::default(),
-            buffers: &[Some(wgpu::VertexBufferLayout {
-                array_stride: std::mem::size_of::<Instance>() as u64,
-                step_mode: wgpu::VertexStepMode::Instance,
-                attributes: &attributes,
-            })],
-        },
-        fragment: Some(wgpu::FragmentState {
-            module: &shader,
-            entry_point: Some("fs_main"),
-            compilation_options: Default::default(),
-            targets: &[Some(wgpu::ColorTargetState {
-                format: rs.target_format,
-                blend: Some(wgpu::BlendState::PREMULTIPLIED_ALPHA_BLENDING),
-                write_mask: wgpu::ColorWrites::ALL,
-            })],
-        }),
-        primitive: wgpu::PrimitiveState::default(),
-        depth_stencil: None,
-        multisample: wgpu::MultisampleState::default(),
-        multiview_mask: None,
-        cache: None,
-    });
-    let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("scatter uniforms"),
-        contents: bytemuck::bytes_of(&ScatterUniforms::default()),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("scatter"),
-        layout: &layout,
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniforms.as_entire_binding(),
-        }],
-    });
+    let pipeline = ScatterPipeline::new(&rs.device, rs.target_format);
     rs.renderer
         .write()
         .callback_resources
         .insert(ScatterResources {
             pipeline,
-            uniforms,
-            bind_group,
             instances: None,
             generation: u64::MAX,
-            count: 0,
         });
     true
 }
@@ -144,27 +198,10 @@ impl CallbackTrait for ScatterCallback {
             return Vec::new();
         };
         if r.generation != self.data.generation {
-            let instances: Vec<Instance> = self
-                .data
-                .points
-                .iter()
-                .zip(&self.data.colors)
-                .map(|(p, c)| Instance {
-                    point: *p,
-                    color: *c,
-                })
-                .collect();
-            r.instances = (!instances.is_empty()).then(|| {
-                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("scatter points"),
-                    contents: bytemuck::cast_slice(&instances),
-                    usage: wgpu::BufferUsages::VERTEX,
-                })
-            });
-            r.count = instances.len() as u32;
+            r.instances = ScatterPipeline::instances(device, &self.data);
             r.generation = self.data.generation;
         }
-        queue.write_buffer(&r.uniforms, 0, bytemuck::bytes_of(&self.uniforms));
+        r.pipeline.set_view(queue, &self.uniforms);
         Vec::new()
     }
 
@@ -177,11 +214,9 @@ impl CallbackTrait for ScatterCallback {
         let Some(r) = resources.get::<ScatterResources>() else {
             return;
         };
-        let Some(buf) = &r.instances else { return };
-        pass.set_pipeline(&r.pipeline);
-        pass.set_bind_group(0, &r.bind_group, &[]);
-        pass.set_vertex_buffer(0, buf.slice(..));
-        pass.draw(0..6, 0..r.count);
+        if let Some((buf, count)) = &r.instances {
+            r.pipeline.draw(pass, buf, *count);
+        }
     }
 }
 

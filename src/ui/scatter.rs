@@ -108,7 +108,7 @@ fn gpu_scatter_ui(ui: &mut egui::Ui, p: &mut PanelCtx, data: &Arc<ScatterData>) 
         }
     }
     ui.painter().rect_filled(rect, 4.0, Color32::from_gray(16));
-    let radius_pt = 2.0;
+    let radius_pt = crate::render::scatter::point_radius_px(data.points.len());
     let uniforms = ScatterUniforms {
         center,
         scale: [2.0 * s / rect.width(), 2.0 * s / rect.height()],
