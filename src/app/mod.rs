@@ -76,6 +76,18 @@ pub struct ExplorerApp {
     dialog_rx: Receiver<AppCommand>,
     gpu_scatter: bool,
     restore_pending: bool,
+    /// When the launch began (process start, else the app's construction).
+    launched: std::time::Instant,
+    /// Cold-start milestones in ms after `launched`: first frame, first full triptych.
+    milestones: [Option<f64>; 2],
+}
+
+/// The process start, recorded by `main` before anything else (cold-start instrumentation).
+static LAUNCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Records the launch time; call first thing in `main`.
+pub fn mark_launch() {
+    let _ = LAUNCH.set(std::time::Instant::now());
 }
 
 /// The models of `zoo_dir` (folders with a `config.json`), by name, plus `extra` directories.
@@ -195,6 +207,11 @@ impl ExplorerApp {
             dialog_rx,
             gpu_scatter,
             restore_pending: true,
+            launched: LAUNCH
+                .get()
+                .copied()
+                .unwrap_or_else(std::time::Instant::now),
+            milestones: [None, None],
         };
         if app.session.models.is_empty() {
             let zoo = app.config.zoo_dir.display().to_string();
@@ -240,6 +257,26 @@ impl ExplorerApp {
     pub fn slider_latencies_ms(&self) -> Vec<f64> {
         self.session.latency.samples_ms()
     }
+
+    /// Cold start in ms after launch: the first frame, and the first complete triptych
+    /// (original, source reconstruction and mapped reconstruction on screen).
+    pub fn launch_milestones_ms(&self) -> [Option<f64>; 2] {
+        self.milestones
+    }
+
+    fn note_milestones(&mut self) {
+        let ms = || self.launched.elapsed().as_secs_f64() * 1e3;
+        if self.milestones[0].is_none() {
+            let t = ms();
+            log::info!("first frame {t:.0} ms after launch");
+            self.milestones[0] = Some(t);
+        }
+        if self.milestones[1].is_none() && self.session.triptych.mapped_rgb.is_some() {
+            let t = ms();
+            log::info!("first complete triptych {t:.0} ms after launch");
+            self.milestones[1] = Some(t);
+        }
+    }
 }
 
 impl eframe::App for ExplorerApp {
@@ -257,6 +294,7 @@ impl eframe::App for ExplorerApp {
             gpu_scatter: self.gpu_scatter,
         };
         crate::ui::explorer_ui(ui, &mut panel);
+        self.note_milestones();
         if !self.commands.is_empty() {
             ui.ctx().request_repaint();
         }
