@@ -173,3 +173,89 @@ fn table_support_set_and_montage_run_end_to_end() {
     let img = image::open(&png).unwrap();
     assert!(img.height() > 3 * 64 && img.width() > 4 * 64);
 }
+
+/// `local-basis --all-pairs`: every ordered pair of three tiny models (one of them a copy of
+/// another, whose local bases transfer exactly), as JSON and as markdown matrices.
+#[test]
+fn local_basis_transfer_for_every_ordered_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for (name, seed) in [("la", 1u64), ("lb", 2)] {
+        let mut cfg = ModelConfig::new(name, Family::Vae, 8);
+        cfg.base_channels = 4;
+        let dir = tmp.path().join(name);
+        save_model(
+            &Model::new(cfg, &Device::Cpu, seed, false).unwrap(),
+            &dir,
+            false,
+        )
+        .unwrap();
+        dirs.push(dir);
+    }
+    // a copy of `la` under another name: the map between them is the identity
+    let copy = tmp.path().join("lc");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        dirs[0].join("model.safetensors"),
+        copy.join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(dirs[0].join("config.json"))
+        .unwrap()
+        .replace("\"la\"", "\"lc\"");
+    std::fs::write(copy.join("config.json"), cfg).unwrap();
+    dirs.push(copy);
+    let models = dirs
+        .iter()
+        .map(|d| d.to_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let base = [
+        "local-basis",
+        "--data",
+        "orl",
+        "--points",
+        "3",
+        "--ks",
+        "1,2",
+    ];
+    let out = ok(&la(
+        &[&base[..], &["--all-pairs", &models, "--json"]].concat(),
+        tmp.path(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reports = v.as_array().unwrap();
+    assert_eq!(reports.len(), 6, "3 models, 6 ordered pairs");
+    for r in reports {
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            let (g, rg) = (
+                row["geodesic"].as_f64().unwrap(),
+                row["random_geodesic"].as_f64().unwrap(),
+            );
+            assert!(g.is_finite() && g >= 0.0 && rg > 0.0, "{row}");
+        }
+        if (r["source"] == "la" && r["target"] == "lc")
+            || (r["source"] == "lc" && r["target"] == "la")
+        {
+            let g = rows[0]["geodesic"].as_f64().unwrap();
+            assert!(
+                g < 0.05,
+                "identical models: the basis transfers exactly, got {g}"
+            );
+        }
+    }
+    let md = ok(&la(
+        &[&base[..], &["--all-pairs", &models]].concat(),
+        tmp.path(),
+    ));
+    assert!(md.contains("k = 1") && md.contains("k = 2"), "{md}");
+    assert!(md.contains("| la | – |"), "{md}");
+    let err = la(
+        &[&base[..], &["--all-pairs", dirs[0].to_str().unwrap()]].concat(),
+        tmp.path(),
+    );
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("at least two models"));
+}

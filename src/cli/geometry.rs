@@ -26,7 +26,7 @@ use crate::latent::pipeline::{
 };
 use crate::latent::support::random_support_set;
 use crate::model::LatentModel;
-use crate::progress::Cancel;
+use crate::progress::{Cancel, Progress};
 
 /// Whose Jacobian gives the local bases of the warpage table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +61,10 @@ pub struct LocalBasisArgs {
     /// SOURCE,TARGET: also the transfer distance of local bases through their lstsq map.
     #[arg(long)]
     pub pair: Option<String>,
+    /// M1,M2,...: the transfer distance for every ordered pair of these models, as one
+    /// matrix per k (geodesic or projection, with the random-subspace baseline).
+    #[arg(long, value_delimiter = ',')]
+    pub all_pairs: Vec<String>,
     /// Distance of the "nearby" points.
     #[arg(long, default_value_t = 0.1)]
     pub eps_near: f32,
@@ -155,7 +159,16 @@ pub(super) fn support_map(
 fn pair_transfer(spec: &str, ds: &Dataset, a: &LocalBasisArgs) -> Result<TransferReport> {
     let (s, t) = spec.split_once(',').context("--pair wants SOURCE,TARGET")?;
     let (src, tgt) = (load_loaded(s.trim(), ds)?, load_loaded(t.trim(), ds)?);
-    let (map, fit_points) = support_map(&src, &tgt, ds, FitOn::SupportSet, a.seed)?;
+    loaded_pair_transfer(&src, &tgt, ds, a)
+}
+
+fn loaded_pair_transfer(
+    src: &Loaded,
+    tgt: &Loaded,
+    ds: &Dataset,
+    a: &LocalBasisArgs,
+) -> Result<TransferReport> {
+    let (map, fit_points) = support_map(src, tgt, ds, FitOn::SupportSet, a.seed)?;
     let d_target = tgt.model.latent_dim();
     let ks = usable_ks(&a.ks, src.model.latent_dim().min(d_target))?;
     let k_max = ks.iter().copied().max().unwrap_or(1);
@@ -243,12 +256,97 @@ fn print_transfer(r: &TransferReport, metric: GrassmannMetric) {
     }
 }
 
+/// The transfer matrices of `--all-pairs`: one markdown table per k, cells "transfer / random
+/// subspaces (ratio)".
+fn all_pairs_transfer(
+    models: &[String],
+    ds: &Dataset,
+    a: &LocalBasisArgs,
+) -> Result<Vec<TransferReport>> {
+    if models.len() < 2 {
+        bail!("--all-pairs needs at least two models");
+    }
+    let loaded: Vec<Loaded> = models
+        .iter()
+        .map(|m| load_loaded(m.trim(), ds))
+        .collect::<Result<_>>()?;
+    let bar = Bar::new();
+    let total = loaded.len() * (loaded.len() - 1);
+    bar.start("local-basis transfer, every ordered pair", total as u64);
+    let mut reports = Vec::with_capacity(total);
+    for src in &loaded {
+        for tgt in loaded.iter().filter(|t| t.name() != src.name()) {
+            let r = loaded_pair_transfer(src, tgt, ds, a)
+                .with_context(|| format!("transfer {} → {}", src.name(), tgt.name()))?;
+            reports.push(r);
+            bar.update(reports.len() as u64, "");
+        }
+    }
+    bar.finish("");
+    Ok(reports)
+}
+
+fn print_transfer_matrix(reports: &[TransferReport], names: &[&str], metric: GrassmannMetric) {
+    let Some(first) = reports.first() else {
+        return;
+    };
+    println!(
+        "transfer of local bases, every ordered pair ({metric} distance; lstsq map on the source's support set; {} held-out points; cell = transfer / random subspaces of the target (ratio)):",
+        first.num_points
+    );
+    for (ki, row) in first.rows.iter().enumerate() {
+        println!();
+        println!("k = {}", row.k);
+        println!();
+        println!("| source \\ target | {} |", names.join(" | "));
+        println!("|---|{}", "---|".repeat(names.len()));
+        for s in names {
+            let cells: Vec<String> = names
+                .iter()
+                .map(|t| {
+                    reports
+                        .iter()
+                        .find(|r| r.source == *s && r.target == *t)
+                        .and_then(|r| r.rows.get(ki))
+                        .map_or("–".to_string(), |r| {
+                            let (d, b) = match metric {
+                                GrassmannMetric::Geodesic => (r.geodesic, r.random_geodesic),
+                                GrassmannMetric::Projection => (r.projection, r.random_projection),
+                            };
+                            format!("{d:.2} / {b:.2} ({:.2})", d / b.max(1e-12))
+                        })
+                })
+                .collect();
+            println!("| {s} | {} |", cells.join(" | "));
+        }
+    }
+}
+
 /// Runs `local-basis`.
 pub fn run_local_basis(a: LocalBasisArgs) -> Result<()> {
-    if a.model.is_none() && a.pair.is_none() {
-        bail!("give --model M (warpage table) and/or --pair SOURCE,TARGET (transfer)");
+    if a.model.is_none() && a.pair.is_none() && a.all_pairs.is_empty() {
+        bail!("give --model M (warpage table), --pair SOURCE,TARGET or --all-pairs M1,M2,... (transfer)");
     }
     let ds = load_data(&a.data, OnBadImage::Skip)?;
+    if !a.all_pairs.is_empty() {
+        let reports = all_pairs_transfer(&a.all_pairs, &ds, &a)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        } else {
+            let names: Vec<&str> =
+                reports
+                    .iter()
+                    .map(|r| r.source.as_str())
+                    .fold(Vec::new(), |mut v, n| {
+                        if !v.contains(&n) {
+                            v.push(n);
+                        }
+                        v
+                    });
+            print_transfer_matrix(&reports, &names, a.metric);
+        }
+        return Ok(());
+    }
     let mut json = serde_json::Map::new();
     let mut series: Vec<Series> = Vec::new();
     if let Some(name) = &a.model {
