@@ -31,6 +31,8 @@ fn harness(tmp: &Path) -> Harness<'static, ExplorerApp> {
         device: "cpu".into(),
         persist: false,
         start_tab: None,
+        start_pair: (None, None),
+        start_data: None,
     };
     let mut h = Harness::builder()
         .with_size([1500.0, 1000.0])

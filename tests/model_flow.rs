@@ -375,3 +375,16 @@ fn squeeze_is_inverted_by_unsqueeze() {
     assert_eq!(max_abs(&a, &b), 0.0);
     assert_eq!(max_abs(&flow::unsqueeze(&s).unwrap(), &x), 0.0);
 }
+
+/// The flow's 12,288-dimensional latent is too wide for a full Jacobian: the local basis says
+/// so instead of starting 24,576 decodes (the explorer shows this message on its tab).
+#[test]
+fn local_basis_of_a_flow_is_refused_with_the_reason() {
+    let model = flow_model(4, 1);
+    let z = vec![0.0f32; FLOW_LATENT_DIM];
+    let err = latent_atlas::latent::local_basis::local_basis(&model, &z, 2, 1e-2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("12288-dimensional"), "{err}");
+    assert!(err.contains("at most 1024"), "{err}");
+}

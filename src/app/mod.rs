@@ -43,6 +43,10 @@ pub struct ExplorerConfig {
     pub persist: bool,
     /// Right-panel tab to open on (None = the saved one).
     pub start_tab: Option<settings::RightTab>,
+    /// Source and target models to open on (names or directories; None = the saved ones).
+    pub start_pair: (Option<String>, Option<String>),
+    /// Dataset spec to open on (None = the saved one).
+    pub start_data: Option<String>,
 }
 
 impl ExplorerConfig {
@@ -59,6 +63,8 @@ impl ExplorerConfig {
             },
             persist: true,
             start_tab: None,
+            start_pair: (None, None),
+            start_data: None,
         })
     }
 }
@@ -160,6 +166,18 @@ impl ExplorerApp {
                 dataset: config.dataset.clone(),
                 ..Settings::default()
             });
+        if let Some(d) = &config.start_data {
+            settings.dataset = d.clone();
+        }
+        for m in [&config.start_pair.0, &config.start_pair.1]
+            .into_iter()
+            .flatten()
+        {
+            let is_dir = Path::new(m).join("config.json").exists();
+            if is_dir && !settings.extra_models.contains(m) {
+                settings.extra_models.push(m.clone());
+            }
+        }
         let mut session = Session::default();
         session.models = list_models(&config.zoo_dir, &settings.extra_models);
         session.device_label = config.device.to_uppercase();
@@ -171,8 +189,29 @@ impl ExplorerApp {
                 .map(|m| m.dir.clone())
         };
         let (src, tgt) = default_pair(&session.models);
-        settings.source = resolve(&settings.source).unwrap_or(src);
-        settings.target = resolve(&settings.target).unwrap_or(tgt);
+        let unknown: Vec<String> = [&config.start_pair.0, &config.start_pair.1]
+            .into_iter()
+            .flatten()
+            .filter(|m| resolve(m).is_none())
+            .cloned()
+            .collect();
+        let wanted = |start: &Option<String>, saved: &String| {
+            start
+                .as_ref()
+                .and_then(|m| resolve(m))
+                .or_else(|| resolve(saved))
+        };
+        settings.source = wanted(&config.start_pair.0, &settings.source).unwrap_or(src);
+        settings.target = wanted(&config.start_pair.1, &settings.target).unwrap_or(tgt);
+        for m in unknown {
+            session.notify(
+                format!(
+                    "no model {m} in {} (and not a model directory)",
+                    config.zoo_dir.display()
+                ),
+                true,
+            );
+        }
         if let Some(tab) = config.start_tab {
             settings.tab = tab;
         }

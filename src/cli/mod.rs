@@ -29,6 +29,15 @@ pub struct Cli {
     /// Explorer only: the right-panel tab to open on.
     #[arg(long, value_enum)]
     pub tab: Option<crate::app::settings::RightTab>,
+    /// Explorer only: the source model (zoo name or directory) instead of the saved one.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Explorer only: the target model (zoo name or directory) instead of the saved one.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Explorer only: the dataset spec (e.g. `orl`, `celeba:ROOT`) instead of the saved one.
+    #[arg(long)]
+    pub data: Option<String>,
 }
 
 /// All subcommands.
@@ -82,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => crate::app::run_native(crate::app::ExplorerConfig {
             start_tab: cli.tab,
+            start_pair: (cli.source, cli.target),
+            start_data: cli.data,
             ..crate::app::ExplorerConfig::from_defaults()?
         }),
         Some(Command::Train(a)) => train::run(a),

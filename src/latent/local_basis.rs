@@ -226,14 +226,27 @@ pub(crate) fn top_eigenvectors(sym: DMatrix<f64>, k: usize) -> Result<(Vec<f64>,
     Ok((values, vectors))
 }
 
+/// Widest latent space whose local basis is computed (a normalizing flow's 12,288 are not).
+pub const MAX_JACOBIAN_DIM: usize = 1024;
+
 /// The local basis of `model` at the code `z` (length `d`): the top `k` (`1 ≤ k ≤ d`) right
 /// singular vectors of [`jacobian`]`(model, z, eps)` as a `d x k` matrix, with their singular
-/// values (via the eigen-decomposition of `JᵀJ`; see the module docs).
+/// values (via the eigen-decomposition of `JᵀJ`; see the module docs). Errors for latent
+/// spaces wider than [`MAX_JACOBIAN_DIM`].
 pub fn local_basis(model: &dyn LatentModel, z: &[f32], k: usize, eps: f32) -> Result<LocalBasis> {
     let d = model.latent_dim();
     if k == 0 || k > d {
         return Err(LatentError::InvalidArgument(format!(
             "a local basis needs 1 ≤ k ≤ d = {d}, got k = {k}"
+        )));
+    }
+    if d > MAX_JACOBIAN_DIM {
+        return Err(LatentError::InvalidArgument(format!(
+            "{} has a {d}-dimensional latent space: its full Jacobian ({} decodes, a {d} x {d} \
+             eigenproblem) is out of reach; local bases are computed for latent spaces of at \
+             most {MAX_JACOBIAN_DIM} dimensions",
+            model.name(),
+            2 * d
         )));
     }
     let jac = jacobian(model, z, eps)?;
