@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// The scale benchmark (`--scale [N]` and its options).
     #[command(flatten)]
     pub scale: super::bench_scale::ScaleArgs,
+    /// Only the slider decode path (vae-a -> vae-b), 400 drags: p50 / p95.
+    #[arg(long)]
+    pub slider: bool,
     /// The scatter benchmark (`--scatter [N]` and its options).
     #[command(flatten)]
     pub scatter: super::bench_scatter::ScatterArgs,
@@ -292,6 +295,11 @@ fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, V
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.scale.scale.is_some() {
         return super::bench_scale::run(&a.scale);
+    }
+    if a.slider {
+        let (p50, p95, pair) = slider_latency(400)?;
+        println!("slider decode path ({pair}, 400 drags): p50 {p50:.2} ms, p95 {p95:.2} ms");
+        return Ok(());
     }
     if a.scatter.scatter.is_some() {
         let report = super::bench_scatter::run(&a.scatter)?;

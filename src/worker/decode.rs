@@ -86,25 +86,29 @@ pub fn decode_slider(
         );
     }
     let z = Tensor::from_vec(z_in_source.to_vec(), (1, d), source.device())?;
-    let source_rgb = to_rgb(
-        &source
-            .decode(&z)
-            .context("decoding with the source model")?,
-    )?;
-    let mapped_rgb = match map {
-        None => None,
-        Some(map) => {
-            let z_in_target = map.apply(&DMatrix::from_row_slice(1, d, z_in_source))?;
-            let values: Vec<f32> = z_in_target.row(0).iter().copied().collect();
-            let zt = Tensor::from_vec(values, (1, z_in_target.ncols()), target.device())?;
-            Some(to_rgb(
-                &target
-                    .decode(&zt)
-                    .context("decoding with the target model")?,
-            )?)
-        }
+    let decode_source = || -> Result<Vec<u8>> {
+        to_rgb(
+            &source
+                .decode(&z)
+                .context("decoding with the source model")?,
+        )
     };
-    Ok((source_rgb, mapped_rgb))
+    let Some(map) = map else {
+        return Ok((decode_source()?, None));
+    };
+    let z_in_target = map.apply(&DMatrix::from_row_slice(1, d, z_in_source))?;
+    let values: Vec<f32> = z_in_target.row(0).iter().copied().collect();
+    let zt = Tensor::from_vec(values, (1, z_in_target.ncols()), target.device())?;
+    let decode_target = || -> Result<Vec<u8>> {
+        to_rgb(
+            &target
+                .decode(&zt)
+                .context("decoding with the target model")?,
+        )
+    };
+    // both decodes at once: a batch-1 decode leaves most of a second core idle
+    let (source_rgb, mapped_rgb) = rayon::join(decode_source, decode_target);
+    Ok((source_rgb?, Some(mapped_rgb?)))
 }
 
 /// `[1, 3, 64, 64]` (or `[3, 64, 64]`) floats in [0, 1] -> interleaved RGB bytes, row-major.
