@@ -394,3 +394,40 @@ fn app_probes_tab_shows_identity_accuracy_before_and_after_the_map() {
     h.get_by_label("after: vae-b probe on mapped vae-a codes");
     h.get_by_label("majority-class baseline");
 }
+
+#[test]
+fn app_device_choice_explains_a_cpu_only_build_and_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    assert_eq!(h.state().session().device_label, "CPU");
+    h.state_mut().push(AppCommand::SetDevice("cuda:0".into()));
+    h.step();
+    let toasts: Vec<String> = h
+        .state()
+        .session()
+        .toasts
+        .iter()
+        .filter(|t| t.is_error)
+        .map(|t| t.text.clone())
+        .collect();
+    if cfg!(feature = "cuda") {
+        // with a GPU the switch succeeds; without one the reason is shown
+        assert!(
+            h.state().session().device_label.starts_with("CUDA") || !toasts.is_empty(),
+            "{toasts:?}"
+        );
+    } else {
+        assert!(
+            toasts.iter().any(|t| t.contains("--features cuda")),
+            "{toasts:?}"
+        );
+        assert_eq!(h.state().session().device_label, "CPU");
+    }
+    // the app still refits on the CPU
+    let fits = h.state().session().fits_done;
+    h.state_mut().push(AppCommand::SetDevice("cpu".into()));
+    h.state_mut().push(AppCommand::Refit);
+    wait_until(&mut h, "a refit after the device choice", |app| {
+        app.session().fits_done > fits && app.session().job.is_none()
+    });
+}

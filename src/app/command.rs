@@ -51,6 +51,9 @@ pub enum AppCommand {
     SetFitOn(FitOn),
     /// Refit now.
     Refit,
+    /// Run refits and decodes on this candle device (`cpu`, `cuda`, `cuda:N`): a new worker
+    /// on that device replaces the current one, then the pair is synced again.
+    SetDevice(String),
     /// Cancel the running analysis.
     Cancel,
     /// Show this dataset sample in the triptych.

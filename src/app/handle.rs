@@ -8,7 +8,7 @@ use super::command::{AppCommand, ExportKind, OpenKind};
 use super::scatter_data::ScatterData;
 use super::session::Job;
 use super::ExplorerApp;
-use crate::worker::{Command, FitSpec, PairSpec, SupportChoice};
+use crate::worker::{Command, FitSpec, PairSpec, SupportChoice, Worker, WorkerConfig};
 
 /// How long notifications stay.
 const TOAST_SECS: f32 = 8.0;
@@ -145,6 +145,7 @@ impl ExplorerApp {
                 self.send_sync();
             }
             AppCommand::Refit => self.send_sync(),
+            AppCommand::SetDevice(device) => self.set_device(ctx, &device),
             AppCommand::Cancel => {
                 if let Some(w) = &self.worker {
                     w.cancel();
@@ -325,6 +326,44 @@ impl ExplorerApp {
                 gain_images: 256,
             },
         ))
+    }
+
+    /// Moves the work to `device`: a worker on that device replaces the current one (whose
+    /// jobs are cancelled), and the pair is synced again. When the device cannot be used (a
+    /// CPU-only build, no GPU) the current worker stays and a notification says why.
+    fn set_device(&mut self, ctx: &egui::Context, device: &str) {
+        let device = device.trim().to_lowercase();
+        if device == self.config.device.to_lowercase() && self.worker.is_some() {
+            return;
+        }
+        if let Err(e) = crate::model::device::parse_device(&device) {
+            self.session
+                .notify(format!("cannot use device {device}: {e:#}"), true);
+            return;
+        }
+        let waker_ctx = ctx.clone();
+        match Worker::spawn(
+            WorkerConfig {
+                cache_dir: self.config.cache_dir.clone(),
+                device: device.clone(),
+            },
+            std::sync::Arc::new(move || waker_ctx.request_repaint()),
+        ) {
+            Ok(w) => {
+                self.worker = Some(w);
+                self.config.device = device.clone();
+                self.session.device_label = device.to_uppercase();
+                self.session.job = None;
+                self.session.geometry = Default::default();
+                self.session.needs_decode = true;
+                self.session
+                    .notify(format!("now running on {}", device.to_uppercase()), false);
+                self.send_sync();
+            }
+            Err(e) => self
+                .session
+                .notify(format!("cannot start a worker on {device}: {e:#}"), true),
+        }
     }
 
     /// Sends a `Sync` for the current settings, cancelling a running one.

@@ -30,7 +30,28 @@ pub fn top_bar_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
         } else {
             p.session.device_label.as_str()
         };
-        ui.label(egui::RichText::new(format!("device: {device}")).weak());
+        egui::ComboBox::from_label("Device")
+            .selected_text(device)
+            .show_ui(ui, |ui| {
+                if ui.selectable_label(device == "CPU", "CPU").clicked() {
+                    p.push(AppCommand::SetDevice("cpu".into()));
+                }
+                let cuda = cfg!(feature = "cuda");
+                let resp = ui.add_enabled(
+                    cuda,
+                    egui::Button::selectable(device.starts_with("CUDA"), "CUDA:0"),
+                );
+                let resp = if cuda {
+                    resp.on_hover_text("refits and decodes on the first CUDA GPU")
+                } else {
+                    resp.on_disabled_hover_text(
+                        "this build is CPU-only: build with --features cuda",
+                    )
+                };
+                if resp.clicked() {
+                    p.push(AppCommand::SetDevice("cuda:0".into()));
+                }
+            });
     });
 }
 
