@@ -81,6 +81,7 @@ pub struct ExplorerApp {
     dialog_tx: Sender<AppCommand>,
     dialog_rx: Receiver<AppCommand>,
     gpu_scatter: bool,
+    software_scatter: bool,
     restore_pending: bool,
     /// When the launch began (process start, else the app's construction).
     launched: std::time::Instant,
@@ -233,6 +234,10 @@ impl ExplorerApp {
             .wgpu_render_state
             .as_ref()
             .is_some_and(crate::render::scatter::install);
+        let software_scatter = cc
+            .wgpu_render_state
+            .as_ref()
+            .is_some_and(crate::render::scatter::is_software);
         let (dialog_tx, dialog_rx) = mpsc::channel();
         let mut app = Self {
             config,
@@ -245,6 +250,7 @@ impl ExplorerApp {
             dialog_tx,
             dialog_rx,
             gpu_scatter,
+            software_scatter,
             restore_pending: true,
             launched: LAUNCH
                 .get()
@@ -331,6 +337,7 @@ impl eframe::App for ExplorerApp {
             state: &mut self.ui_state,
             commands: &mut self.commands,
             gpu_scatter: self.gpu_scatter,
+            software_scatter: self.software_scatter,
         };
         crate::ui::explorer_ui(ui, &mut panel);
         self.note_milestones();

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::app::scatter_data::ScatterData;
 use crate::app::settings::ScatterAxes;
-use crate::render::scatter::{ScatterPipeline, ScatterUniforms};
+use crate::render::scatter::{ScatterPipeline, ScatterUniforms, MOTION_POINTS};
 use crate::worker::SectorData;
 
 /// Options of the scatter benchmark (`bench --scatter`).
@@ -55,6 +55,14 @@ pub struct ScatterReport {
     pub frame_p50_ms: Option<f64>,
     /// Frame time p95 ms.
     pub frame_p95_ms: Option<f64>,
+    /// Points the explorer draws while the view moves on a software rasterizer.
+    pub motion_points: u32,
+    /// Whether the adapter is a software rasterizer (the explorer thins out while moving).
+    pub software: Option<bool>,
+    /// Frame time drawing `motion_points`, p50 ms.
+    pub motion_frame_p50_ms: Option<f64>,
+    /// Same, p95 ms.
+    pub motion_frame_p95_ms: Option<f64>,
     /// Frames drawn.
     pub frames: usize,
     /// Render target size.
@@ -142,16 +150,23 @@ pub fn run(a: &ScatterArgs) -> Result<ScatterReport> {
         upload_ms: None,
         frame_p50_ms: None,
         frame_p95_ms: None,
+        motion_points: MOTION_POINTS,
+        software: None,
+        motion_frame_p50_ms: None,
+        motion_frame_p95_ms: None,
         frames: 0,
         size,
     };
     match gpu_frames(&data, a.scatter_frames.max(1), size) {
-        Ok((adapter, upload_ms, frames)) => {
-            report.adapter = Some(adapter);
-            report.upload_ms = Some(upload_ms);
-            report.frame_p50_ms = Some(percentile(&frames, 0.5));
-            report.frame_p95_ms = Some(percentile(&frames, 0.95));
-            report.frames = frames.len();
+        Ok(g) => {
+            report.adapter = Some(g.adapter);
+            report.software = Some(g.software);
+            report.upload_ms = Some(g.upload_ms);
+            report.frame_p50_ms = Some(percentile(&g.all, 0.5));
+            report.frame_p95_ms = Some(percentile(&g.all, 0.95));
+            report.motion_frame_p50_ms = Some(percentile(&g.motion, 0.5));
+            report.motion_frame_p95_ms = Some(percentile(&g.motion, 0.95));
+            report.frames = g.all.len();
         }
         Err(e) => eprintln!(
             "no wgpu drawing ({e:#}): the explorer would fall back to egui_plot on a subsample"
@@ -181,17 +196,36 @@ fn print_report(r: &ScatterReport) {
                 1000.0 / p95.max(1e-6),
                 r.frames
             );
+            if let (Some(m50), Some(m95)) = (r.motion_frame_p50_ms, r.motion_frame_p95_ms) {
+                let when = if r.software == Some(true) {
+                    "what the explorer draws while the view moves on this software renderer"
+                } else {
+                    "hardware GPU: the explorer always draws all points"
+                };
+                println!(
+                    "| frame with {} points ({when}), p50 / p95 | {m50:.2} / {m95:.2} ms ({:.0} fps at p95) |",
+                    r.motion_points,
+                    1000.0 / m95.max(1e-6)
+                );
+            }
         }
         _ => println!("| wgpu | no adapter: egui_plot fallback |"),
     }
 }
 
-/// Draws `data` in `frames` views; returns the adapter, upload time and per-frame ms.
-fn gpu_frames(
-    data: &ScatterData,
-    frames: usize,
-    size: [u32; 2],
-) -> Result<(String, f64, Vec<f64>)> {
+/// What the GPU part measured.
+struct GpuFrames {
+    adapter: String,
+    software: bool,
+    upload_ms: f64,
+    /// Per-frame ms, all points.
+    all: Vec<f64>,
+    /// Per-frame ms, the first `MOTION_POINTS` of the scrambled buffer.
+    motion: Vec<f64>,
+}
+
+/// Draws `data` in `frames` views, all points and then the moving-view subset.
+fn gpu_frames(data: &ScatterData, frames: usize, size: [u32; 2]) -> Result<GpuFrames> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
@@ -203,6 +237,7 @@ fn gpu_frames(
     .context("no wgpu adapter")?;
     let info = adapter.get_info();
     let adapter_name = format!("{} ({:?})", info.name, info.backend);
+    let software = info.device_type == wgpu::DeviceType::Cpu;
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
             .context("no wgpu device")?;
@@ -239,49 +274,60 @@ fn gpu_frames(
     // the explorer's point size: radius r px is 2r/width in NDC
     let r = crate::render::scatter::point_radius_px(data.points.len());
     let half = [2.0 * r / size[0] as f32, 2.0 * r / size[1] as f32];
-    let mut times = Vec::with_capacity(frames);
-    for f in 0..frames + 5 {
-        // pan in a circle while zooming in and out (1x .. 4x)
-        let phase = f as f32 / frames.max(1) as f32 * std::f32::consts::TAU;
-        let zoom = 1.0 + 1.5 * (1.0 - phase.cos());
-        let uniforms = ScatterUniforms {
-            center: [
-                cx + 0.25 * (x1 - x0) * phase.sin(),
-                cy + 0.25 * (y1 - y0) * (2.0 * phase).sin(),
-            ],
-            scale: [base[0] * zoom, base[1] * zoom],
-            half_size: half,
-            opacity: [0.8, 0.0],
-        };
-        let t = Instant::now();
-        pipeline.set_view(&queue, &uniforms);
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("scatter bench"),
-        });
-        {
-            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+    let run = |max_points: u32| -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(frames);
+        for f in 0..frames + 5 {
+            // pan in a circle while zooming in and out (1x .. 4x)
+            let phase = f as f32 / frames.max(1) as f32 * std::f32::consts::TAU;
+            let zoom = 1.0 + 1.5 * (1.0 - phase.cos());
+            let uniforms = ScatterUniforms {
+                center: [
+                    cx + 0.25 * (x1 - x0) * phase.sin(),
+                    cy + 0.25 * (y1 - y0) * (2.0 * phase).sin(),
+                ],
+                scale: [base[0] * zoom, base[1] * zoom],
+                half_size: half,
+                opacity: [0.8, 0.0],
+            };
+            let t = Instant::now();
+            pipeline.set_view(&queue, &uniforms);
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("scatter bench"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: &view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                depth_stencil_attachment: None,
-                timestamp_writes: None,
-                occlusion_query_set: None,
-                multiview_mask: None,
             });
-            pipeline.draw(&mut pass, &buffer, count);
+            {
+                let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                    label: Some("scatter bench"),
+                    color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                        view: &view,
+                        depth_slice: None,
+                        resolve_target: None,
+                        ops: wgpu::Operations {
+                            load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                            store: wgpu::StoreOp::Store,
+                        },
+                    })],
+                    depth_stencil_attachment: None,
+                    timestamp_writes: None,
+                    occlusion_query_set: None,
+                    multiview_mask: None,
+                });
+                pipeline.draw(&mut pass, &buffer, count.min(max_points));
+            }
+            queue.submit([encoder.finish()]);
+            wait(&device)?;
+            if f >= 5 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
-        queue.submit([encoder.finish()]);
-        wait(&device)?;
-        if f >= 5 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    Ok((adapter_name, upload_ms, times))
+        Ok(times)
+    };
+    let all = run(u32::MAX)?;
+    let motion = run(MOTION_POINTS)?;
+    Ok(GpuFrames {
+        adapter: adapter_name,
+        software,
+        upload_ms,
+        all,
+        motion,
+    })
 }

@@ -14,6 +14,31 @@ pub fn point_radius_px(n: usize) -> f32 {
     (2.0 * (20_000.0 / n.max(1) as f32).sqrt()).clamp(1.0, 2.0)
 }
 
+/// Points drawn while the view moves (drag, scroll) on a software rasterizer: a fixed random
+/// subset (the instance buffer is stored in a scrambled order, so any prefix is one). All
+/// points are drawn again as soon as the view rests; hardware GPUs always draw all.
+pub const MOTION_POINTS: u32 = 20_000;
+
+/// The order in which points are stored in the instance buffer: `i ↦ (i · step) mod n` with
+/// `step` coprime to `n`, a fixed scramble so that every prefix is spread over all samples.
+pub fn scrambled_order(n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut step = (n as f64 * 0.618_034) as usize | 1;
+    while gcd(step, n) != 1 {
+        step += 1;
+    }
+    (0..n).map(|i| (i * step) % n).collect()
+}
+
 /// The shader source.
 pub const SHADER: &str = include_str!("../../shaders/scatter.wgsl");
 
@@ -123,13 +148,11 @@ impl ScatterPipeline {
 
     /// Uploads the points of `data` as an instance buffer (None when there are none).
     pub fn instances(device: &wgpu::Device, data: &ScatterData) -> Option<(wgpu::Buffer, u32)> {
-        let instances: Vec<Instance> = data
-            .points
-            .iter()
-            .zip(&data.colors)
-            .map(|(p, c)| Instance {
-                point: *p,
-                color: *c,
+        let instances: Vec<Instance> = scrambled_order(data.points.len().min(data.colors.len()))
+            .into_iter()
+            .map(|i| Instance {
+                point: data.points[i],
+                color: data.colors[i],
             })
             .collect();
         (!instances.is_empty()).then(|| {
@@ -163,6 +186,12 @@ struct ScatterResources {
     generation: u64,
 }
 
+/// Whether the renderer is a software rasterizer (llvmpipe / lavapipe, WARP): the scatter then
+/// thins out while the view moves.
+pub fn is_software(rs: &egui_wgpu::RenderState) -> bool {
+    rs.adapter.get_info().device_type == wgpu::DeviceType::Cpu
+}
+
 /// Creates the pipeline; returns false (and logs) when the shader cannot be used.
 pub fn install(rs: &egui_wgpu::RenderState) -> bool {
     let pipeline = ScatterPipeline::new(&rs.device, rs.target_format);
@@ -183,6 +212,8 @@ pub struct ScatterCallback {
     pub data: Arc<ScatterData>,
     /// The view.
     pub uniforms: ScatterUniforms,
+    /// Draw at most this many points (a prefix of the scrambled buffer; `u32::MAX` = all).
+    pub max_points: u32,
 }
 
 impl CallbackTrait for ScatterCallback {
@@ -215,7 +246,7 @@ impl CallbackTrait for ScatterCallback {
             return;
         };
         if let Some((buf, count)) = &r.instances {
-            r.pipeline.draw(pass, buf, *count);
+            r.pipeline.draw(pass, buf, (*count).min(self.max_points));
         }
     }
 }
@@ -223,4 +254,37 @@ impl CallbackTrait for ScatterCallback {
 /// The paint callback for `rect`.
 pub fn paint_callback(rect: egui::Rect, callback: ScatterCallback) -> egui::PaintCallback {
     egui_wgpu::Callback::new_paint_callback(rect, callback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scrambled order is a permutation whose prefixes sample every part of the data.
+    #[test]
+    fn scrambled_order_is_a_permutation_with_spread_prefixes() {
+        for n in [1usize, 2, 7, 1000, 200_000, 202_599] {
+            let order = scrambled_order(n);
+            let mut seen = vec![false; n];
+            for &i in &order {
+                assert!(!seen[i], "n = {n}: {i} twice");
+                seen[i] = true;
+            }
+            assert!(seen.iter().all(|&s| s), "n = {n}: not a permutation");
+            if n >= 1000 {
+                // the first 10 % hits every tenth of the index range about equally
+                let prefix = &order[..n / 10];
+                let mut buckets = [0usize; 10];
+                for &i in prefix {
+                    buckets[i * 10 / n] += 1;
+                }
+                let expect = prefix.len() / 10;
+                assert!(
+                    buckets.iter().all(|&b| b.abs_diff(expect) <= expect / 5 + 2),
+                    "n = {n}: {buckets:?}"
+                );
+            }
+        }
+        assert!(scrambled_order(0).is_empty());
+    }
 }

@@ -39,6 +39,8 @@ pub struct UiState {
     pub scatter_center: Option<[f32; 2]>,
     /// Scatter zoom.
     pub scatter_zoom: f32,
+    /// When the scatter view last moved (drag or scroll).
+    pub scatter_moved: Option<std::time::Instant>,
 }
 
 impl Default for UiState {
@@ -51,6 +53,7 @@ impl Default for UiState {
             play_slot: 0,
             scatter_center: None,
             scatter_zoom: 1.0,
+            scatter_moved: None,
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct PanelCtx<'a> {
     pub commands: &'a mut Vec<AppCommand>,
     /// Whether the scatter shader is available.
     pub gpu_scatter: bool,
+    /// The scatter's renderer is a software rasterizer (thin out while moving).
+    pub software_scatter: bool,
 }
 
 impl PanelCtx<'_> {

@@ -11,7 +11,7 @@ use super::PanelCtx;
 use crate::app::scatter_data::{sector_color, ScatterData};
 use crate::app::settings::ScatterAxes;
 use crate::app::AppCommand;
-use crate::render::scatter::{paint_callback, ScatterCallback, ScatterUniforms};
+use crate::render::scatter::{paint_callback, ScatterCallback, ScatterUniforms, MOTION_POINTS};
 
 /// Most points the egui_plot fallback draws.
 const FALLBACK_MAX_POINTS: usize = 4000;
@@ -50,7 +50,9 @@ pub fn scatter_ui(ui: &mut egui::Ui, p: &mut PanelCtx) {
                     }
                 }
             });
-        let how = if p.gpu_scatter {
+        let how = if p.gpu_scatter && p.software_scatter {
+            "wgpu, software renderer: thinned while moving"
+        } else if p.gpu_scatter {
             "wgpu"
         } else {
             "plot, subsampled"
@@ -80,13 +82,16 @@ fn gpu_scatter_ui(ui: &mut egui::Ui, p: &mut PanelCtx, data: &Arc<ScatterData>) 
         .get_or_insert([(x0 + x1) / 2.0, (y0 + y1) / 2.0]);
     let fit = 0.92 * (rect.width() / (x1 - x0).max(1e-6)).min(rect.height() / (y1 - y0).max(1e-6));
     let s = fit * p.state.scatter_zoom;
+    let now = std::time::Instant::now();
     if resp.dragged() {
+        p.state.scatter_moved = Some(now);
         let d = resp.drag_delta();
         p.state.scatter_center = Some([center[0] - d.x / s, center[1] + d.y / s]);
     }
     if resp.hovered() {
         let scroll = ui.input(|i| i.smooth_scroll_delta.y);
         if scroll != 0.0 {
+            p.state.scatter_moved = Some(now);
             p.state.scatter_zoom =
                 (p.state.scatter_zoom * (scroll * 0.003).exp()).clamp(0.2, 500.0);
         }
@@ -118,11 +123,27 @@ fn gpu_scatter_ui(ui: &mut egui::Ui, p: &mut PanelCtx, data: &Arc<ScatterData>) 
         ],
         opacity: [0.8, 0.0],
     };
+    // on a software rasterizer, a moving view draws a fixed random subset; the full cloud
+    // follows once the view has rested for a moment
+    let rest = std::time::Duration::from_millis(150);
+    let moving = p
+        .state
+        .scatter_moved
+        .is_some_and(|t| now.duration_since(t) < rest);
+    let max_points = if p.software_scatter && moving {
+        MOTION_POINTS
+    } else {
+        u32::MAX
+    };
+    if moving {
+        ui.ctx().request_repaint_after(rest);
+    }
     ui.painter().with_clip_rect(rect).add(paint_callback(
         rect,
         ScatterCallback {
             data: data.clone(),
             uniforms,
+            max_points,
         },
     ));
     if let Some(q) = data.points.get(p.session.sample) {
