@@ -43,6 +43,17 @@ fn harness(tmp: &Path) -> Harness<'static, ExplorerApp> {
     h
 }
 
+/// The error notifications on screen.
+fn error_toasts(h: &Harness<'_, ExplorerApp>) -> Vec<String> {
+    h.state()
+        .session()
+        .toasts
+        .iter()
+        .filter(|t| t.is_error)
+        .map(|t| t.text.clone())
+        .collect()
+}
+
 /// Steps frames until `done` holds (the worker wakes the app in between).
 fn wait_until(h: &mut Harness<'_, ExplorerApp>, what: &str, done: impl Fn(&ExplorerApp) -> bool) {
     let start = Instant::now();
@@ -52,14 +63,7 @@ fn wait_until(h: &mut Harness<'_, ExplorerApp>, what: &str, done: impl Fn(&Explo
             h.step();
             return;
         }
-        let toasts: Vec<String> = h
-            .state()
-            .session()
-            .toasts
-            .iter()
-            .filter(|t| t.is_error)
-            .map(|t| t.text.clone())
-            .collect();
+        let toasts = error_toasts(h);
         assert!(
             start.elapsed() < Duration::from_secs(90),
             "timed out waiting for {what}; errors: {toasts:?}"
@@ -402,14 +406,7 @@ fn app_device_choice_explains_a_cpu_only_build_and_keeps_working() {
     assert_eq!(h.state().session().device_label, "CPU");
     h.state_mut().push(AppCommand::SetDevice("cuda:0".into()));
     h.step();
-    let toasts: Vec<String> = h
-        .state()
-        .session()
-        .toasts
-        .iter()
-        .filter(|t| t.is_error)
-        .map(|t| t.text.clone())
-        .collect();
+    let toasts = error_toasts(&h);
     if cfg!(feature = "cuda") {
         // with a GPU the switch succeeds; without one the reason is shown
         assert!(

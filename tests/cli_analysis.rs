@@ -15,6 +15,20 @@ fn la(args: &[&str], cache: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// An untrained model with an 8-dim latent and 4 base channels, saved as `dir/name`.
+fn tiny_model(dir: &Path, name: &str, family: Family, seed: u64) -> std::path::PathBuf {
+    let mut cfg = ModelConfig::new(name, family, 8);
+    cfg.base_channels = 4;
+    let out = dir.join(name);
+    save_model(
+        &Model::new(cfg, &Device::Cpu, seed, false).unwrap(),
+        &out,
+        false,
+    )
+    .unwrap();
+    out
+}
+
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -91,16 +105,10 @@ fn table_support_set_and_montage_run_end_to_end() {
     let dirs: Vec<String> = [(Family::Vae, 1u64, "va"), (Family::Svae, 2, "sv")]
         .iter()
         .map(|&(f, seed, name)| {
-            let mut cfg = ModelConfig::new(name, f, 8);
-            cfg.base_channels = 4;
-            let dir = tmp.path().join(name);
-            save_model(
-                &Model::new(cfg, &Device::Cpu, seed, false).unwrap(),
-                &dir,
-                false,
-            )
-            .unwrap();
-            dir.to_str().unwrap().to_string()
+            tiny_model(tmp.path(), name, f, seed)
+                .to_str()
+                .unwrap()
+                .to_string()
         })
         .collect();
     let json = tmp.path().join("table.json");
@@ -179,19 +187,10 @@ fn table_support_set_and_montage_run_end_to_end() {
 #[test]
 fn local_basis_transfer_for_every_ordered_pair() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut dirs = Vec::new();
-    for (name, seed) in [("la", 1u64), ("lb", 2)] {
-        let mut cfg = ModelConfig::new(name, Family::Vae, 8);
-        cfg.base_channels = 4;
-        let dir = tmp.path().join(name);
-        save_model(
-            &Model::new(cfg, &Device::Cpu, seed, false).unwrap(),
-            &dir,
-            false,
-        )
-        .unwrap();
-        dirs.push(dir);
-    }
+    let mut dirs: Vec<_> = [("la", 1u64), ("lb", 2)]
+        .iter()
+        .map(|&(name, seed)| tiny_model(tmp.path(), name, Family::Vae, seed))
+        .collect();
     // a copy of `la` under another name: the map between them is the identity
     let copy = tmp.path().join("lc");
     std::fs::create_dir_all(&copy).unwrap();
