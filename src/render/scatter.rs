@@ -280,7 +280,9 @@ mod tests {
                 }
                 let expect = prefix.len() / 10;
                 assert!(
-                    buckets.iter().all(|&b| b.abs_diff(expect) <= expect / 5 + 2),
+                    buckets
+                        .iter()
+                        .all(|&b| b.abs_diff(expect) <= expect / 5 + 2),
                     "n = {n}: {buckets:?}"
                 );
             }
