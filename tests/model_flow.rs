@@ -216,20 +216,11 @@ fn decode_of_wild_codes_stays_finite_and_in_range() {
 
 fn opts(epochs: usize) -> TrainOptions {
     TrainOptions {
-        kind: TrainKind::Flow,
-        name: "tiny-flow".into(),
         latent_dim: FLOW_LATENT_DIM,
         base_channels: 4,
         seed: 5,
-        epochs,
-        batch_size: 12,
         lr: 2e-2,
-        steps_per_epoch: None,
-        max_steps: None,
-        generator: None,
-        dataset_id: "test:discs".into(),
-        image_loss: 0.0,
-        keep_recoder: false,
+        ..common::tiny_opts(TrainKind::Flow, "tiny-flow", epochs)
     }
 }
 
@@ -237,16 +228,7 @@ fn opts(epochs: usize) -> TrainOptions {
 fn tiny_training_lowers_the_nll_and_resumes_exactly() {
     let data = discs();
     let full = tempfile::tempdir().unwrap();
-    let report = train(
-        &opts(5),
-        &data,
-        full.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let report = common::train_quiet(&opts(5), &data, full.path());
     let h: Vec<f64> = report.state.history.iter().map(|e| e.loss).collect();
     assert_eq!(h.len(), 5);
     assert!(h.iter().all(|v| v.is_finite() && *v > 0.0), "{h:?}");

@@ -323,20 +323,8 @@ fn mapping_warp_experiment_reports_every_k() {
 
 fn opts(kind: TrainKind, epochs: usize) -> TrainOptions {
     TrainOptions {
-        kind,
-        name: "tiny-style".into(),
-        latent_dim: 8,
         base_channels: 4,
-        seed: 11,
-        epochs,
-        batch_size: 12,
-        lr: 2e-3,
-        steps_per_epoch: None,
-        max_steps: None,
-        generator: None,
-        dataset_id: "test:discs".into(),
-        image_loss: 0.0,
-        keep_recoder: false,
+        ..common::tiny_opts(kind, "tiny-style", epochs)
     }
 }
 
@@ -404,16 +392,7 @@ fn style_recoders_learn_w_and_z() {
     let mut r = opts(TrainKind::Recoder, 4);
     r.generator = Some(gen_dir.path().to_path_buf());
     r.steps_per_epoch = Some(25);
-    let report = train(
-        &r,
-        &data,
-        rec_dir.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let report = common::train_quiet(&r, &data, rec_dir.path());
     let h = &report.state.history;
     assert!(
         h[3].loss < 0.8 * h[0].loss,
@@ -430,16 +409,7 @@ fn style_recoders_learn_w_and_z() {
     let mut rz = r.clone();
     rz.kind = TrainKind::RecoderZ;
     rz.name = "fresh-style-z".into();
-    let report = train(
-        &rz,
-        &data,
-        z_dir.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let report = common::train_quiet(&rz, &data, z_dir.path());
     let h = &report.state.history;
     assert!(
         h[3].loss < 0.8 * h[0].loss,

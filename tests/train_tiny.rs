@@ -8,22 +8,7 @@ use latent_atlas::model::{load_model, store, LatentModel};
 use latent_atlas::progress::{Cancel, NoProgress};
 
 fn opts(kind: TrainKind, epochs: usize) -> TrainOptions {
-    TrainOptions {
-        kind,
-        name: "tiny".into(),
-        latent_dim: 8,
-        base_channels: 8,
-        seed: 11,
-        epochs,
-        batch_size: 12,
-        lr: 2e-3,
-        steps_per_epoch: None,
-        max_steps: None,
-        generator: None,
-        dataset_id: "test:discs".into(),
-        image_loss: 0.0,
-        keep_recoder: false,
-    }
+    common::tiny_opts(kind, "tiny", epochs)
 }
 
 #[test]
@@ -74,16 +59,7 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
     let split = tempfile::tempdir().unwrap();
     let mut first = opts(TrainKind::Svae, 2);
     first.max_steps = Some(5);
-    train(
-        &first,
-        &data,
-        split.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    common::train_quiet(&first, &data, split.path());
     train(
         &opts(TrainKind::Svae, 2),
         &data,
@@ -138,16 +114,7 @@ fn gan_and_recoder_train() {
     let gan_dir = tempfile::tempdir().unwrap();
     let mut o = opts(TrainKind::Gan, 1);
     o.lr = 2e-4;
-    train(
-        &o,
-        &data,
-        gan_dir.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    common::train_quiet(&o, &data, gan_dir.path());
     let gan = load_model(gan_dir.path(), &Device::Cpu).unwrap();
     assert!(!gan.config.recoder_trained);
 
@@ -173,16 +140,7 @@ fn gan_and_recoder_train() {
     let mut r = opts(TrainKind::Recoder, 4);
     r.generator = Some(fresh_dir.path().to_path_buf());
     r.steps_per_epoch = Some(25);
-    let report = train(
-        &r,
-        &data,
-        rec_dir.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let report = common::train_quiet(&r, &data, rec_dir.path());
     let h = &report.state.history;
     assert!(
         h[3].loss < 0.8 * h[0].loss,
@@ -208,16 +166,7 @@ fn gan_and_recoder_train() {
     f.steps_per_epoch = Some(12);
     f.keep_recoder = true;
     f.image_loss = 20.0;
-    let ft = train(
-        &f,
-        &data,
-        ft_dir.path(),
-        &Device::Cpu,
-        false,
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let ft = common::train_quiet(&f, &data, ft_dir.path());
     let h = &ft.state.history;
     assert!(
         h.iter().all(|e| e.aux > 0.0),

@@ -1,7 +1,12 @@
 //! Fixtures shared by the training and pipeline tests: datasets of soft coloured discs.
 #![allow(dead_code)] // each test binary uses some of them
 
+use std::path::Path;
+
+use candle_core::Device;
 use latent_atlas::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
+use latent_atlas::model::train::{train, TrainKind, TrainOptions, TrainReport};
+use latent_atlas::progress::{Cancel, NoProgress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -76,4 +81,39 @@ pub fn random_discs(n: usize, seed: u64) -> Dataset {
         })
         .collect();
     disc_dataset("test:random-discs", "d", &discs, 60.0)
+}
+
+/// Training options for the tiny test models: latent 8, 8 base channels, seed 11, batches of
+/// 12, lr 2e-3, whole epochs, on the disc fixtures. Tests override what they need.
+pub fn tiny_opts(kind: TrainKind, name: &str, epochs: usize) -> TrainOptions {
+    TrainOptions {
+        kind,
+        name: name.into(),
+        latent_dim: 8,
+        base_channels: 8,
+        seed: 11,
+        epochs,
+        batch_size: 12,
+        lr: 2e-3,
+        steps_per_epoch: None,
+        max_steps: None,
+        generator: None,
+        dataset_id: "test:discs".into(),
+        image_loss: 0.0,
+        keep_recoder: false,
+    }
+}
+
+/// Trains from scratch on the CPU into `out`, without progress output; panics on error.
+pub fn train_quiet(opts: &TrainOptions, data: &Dataset, out: &Path) -> TrainReport {
+    train(
+        opts,
+        data,
+        out,
+        &Device::Cpu,
+        false,
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap()
 }
