@@ -149,6 +149,13 @@ fn app_loads_a_sector_inhabitant_into_the_triptych() {
     wait_until(&mut h, "the inhabitant in the triptych", |app| {
         app.session().sample == target
     });
+    h.run_ok();
+    let shown = h.get_by_label("Sample id").accesskit_node().value();
+    assert_eq!(
+        shown.as_deref(),
+        Some(id.as_str()),
+        "the sample-id box follows the loaded sample"
+    );
 }
 
 #[test]
@@ -427,4 +434,55 @@ fn app_device_choice_explains_a_cpu_only_build_and_keeps_working() {
     wait_until(&mut h, "a refit after the device choice", |app| {
         app.session().fits_done > fits && app.session().job.is_none()
     });
+}
+
+#[test]
+fn app_opens_an_image_folder_and_names_the_unreadable_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path());
+    let dir = tmp.path().join("faces");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..40u32 {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([
+                ((x * 3 + k * 5) % 256) as u8,
+                ((y * 2 + k * 11) % 256) as u8,
+                ((k * 37) % 256) as u8,
+            ])
+        });
+        img.save(dir.join(format!("face{k:02}.png"))).unwrap();
+    }
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    h.state_mut().push(AppCommand::Opened(
+        latent_atlas::app::OpenKind::ImageFolder,
+        dir.clone(),
+    ));
+    wait_until(&mut h, "the folder dataset", |app| {
+        app.session()
+            .dataset
+            .as_ref()
+            .is_some_and(|d| d.id.starts_with("folder:") && d.len() == 40)
+    });
+    let toasts = error_toasts(&h);
+    assert!(
+        toasts
+            .iter()
+            .any(|t| t.contains("1 unreadable image") && t.contains("broken.png")),
+        "{toasts:?}"
+    );
+    wait_until(&mut h, "the refit on the folder", |app| {
+        app.session().metrics.is_some() && app.session().job.is_none()
+    });
+    h.run_ok();
+    let shown = h.get_by_label("Sample id").accesskit_node().value();
+    let expected = h
+        .state()
+        .session()
+        .sample_id(h.state().session().sample)
+        .map(str::to_string);
+    assert_eq!(
+        shown, expected,
+        "the sample-id box shows a sample of the new dataset"
+    );
+    assert!(shown.is_some_and(|s| s.starts_with("face")));
 }

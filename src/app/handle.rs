@@ -277,7 +277,6 @@ impl ExplorerApp {
         if let Some(z) = self.session.code_of(i) {
             self.session.z = z;
         }
-        self.ui_state.sample_id_text = self.session.sample_id(i).unwrap_or("").to_string();
         self.send_decode(false);
     }
 

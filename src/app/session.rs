@@ -271,6 +271,24 @@ impl Session {
                     .as_ref()
                     .is_none_or(|d| !Arc::ptr_eq(d, &dataset));
                 if changed {
+                    if let Some(first) = dataset.skipped.first() {
+                        let more = dataset.skipped.len() - 1;
+                        self.notify(
+                            format!(
+                                "{} unreadable image{} left out of {}: {}{}",
+                                dataset.skipped.len(),
+                                if more > 0 { "s" } else { "" },
+                                dataset.id,
+                                first.reason,
+                                if more > 0 {
+                                    format!(" (and {more} more)")
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            true,
+                        );
+                    }
                     self.dataset = Some(dataset);
                     self.z_all = None;
                     self.sectors = None;

@@ -115,8 +115,18 @@ fn sample_strip_ui(ui: &mut egui::Ui, p: &mut PanelCtx, scale: f32) {
             p.push(AppCommand::StepSample(-1));
         }
         let label = ui.label("Sample id");
+        // while the user is not typing, the box shows the sample on screen (it changes with
+        // ←/→, scatter picks, sector clicks and a new dataset)
+        let edit_id = ui.make_persistent_id("sample id box");
+        if !ui.memory(|m| m.has_focus(edit_id)) {
+            let current = p.session.sample_id(p.session.sample).unwrap_or("");
+            if p.state.sample_id_text != current {
+                current.clone_into(&mut p.state.sample_id_text);
+            }
+        }
         let edit = ui.add(
             egui::TextEdit::singleline(&mut p.state.sample_id_text)
+                .id(edit_id)
                 .desired_width(120.0)
                 .hint_text(p.session.sample_id(p.session.sample).unwrap_or("")),
         );
