@@ -63,6 +63,33 @@ struct LogScaleSum(CouplingGeom);
 /// `(g [B], out) ↦ ∂L/∂out` through the log-scale sum.
 struct LogScaleSumGrad(CouplingGeom);
 
+/// Per image: the first `ca` channels of `a` copied, the last `cb` multiplied by
+/// `exp(log_scale(raw))` and, with `shift`, plus `t` (`out` = `[raw | t]` per image). The
+/// coupling's forward (`a` = x, shift) and its gradient with respect to x (`a` = ∂L/∂y).
+fn scale_second_part(
+    g: &CouplingGeom,
+    c: usize,
+    hw: usize,
+    a: &[f32],
+    out: &[f32],
+    shift: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(c * hw)
+        .zip(a.par_chunks(c * hw))
+        .zip(out.par_chunks(2 * g.cb * hw))
+        .for_each(|((y, a), o)| {
+            y[..g.ca * hw].copy_from_slice(&a[..g.ca * hw]);
+            let (raw, t) = o.split_at(g.cb * hw);
+            let (yb, ab) = (&mut y[g.ca * hw..], &a[g.ca * hw..]);
+            for i in 0..g.cb * hw {
+                let scaled = ab[i] * log_scale(raw[i], g.bound).exp();
+                yb[i] = if shift { scaled + t[i] } else { scaled };
+            }
+        });
+    y
+}
+
 impl CustomOp2 for Coupling {
     fn name(&self) -> &'static str {
         "flow-affine-coupling"
@@ -77,18 +104,7 @@ impl CustomOp2 for Coupling {
         let g = self.0;
         let (_, c, hw) = dims(&g, lx, lo)?;
         let (x, out) = (slice(sx, lx, "x")?, slice(so, lo, "net output")?);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c * hw)
-            .zip(x.par_chunks(c * hw))
-            .zip(out.par_chunks(2 * g.cb * hw))
-            .for_each(|((y, x), o)| {
-                y[..g.ca * hw].copy_from_slice(&x[..g.ca * hw]);
-                let (raw, t) = o.split_at(g.cb * hw);
-                let (yb, xb) = (&mut y[g.ca * hw..], &x[g.ca * hw..]);
-                for i in 0..g.cb * hw {
-                    yb[i] = xb[i] * log_scale(raw[i], g.bound).exp() + t[i];
-                }
-            });
+        let y = scale_second_part(&g, c, hw, x, out, true);
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
     fn bwd(
@@ -119,18 +135,7 @@ impl CustomOp2 for GradX {
         let g = self.0;
         let (_, c, hw) = dims(&g, lg, lo)?;
         let (gy, out) = (slice(sg, lg, "gradient")?, slice(so, lo, "net output")?);
-        let mut gx = vec![0f32; gy.len()];
-        gx.par_chunks_mut(c * hw)
-            .zip(gy.par_chunks(c * hw))
-            .zip(out.par_chunks(2 * g.cb * hw))
-            .for_each(|((gx, gy), o)| {
-                gx[..g.ca * hw].copy_from_slice(&gy[..g.ca * hw]);
-                let raw = &o[..g.cb * hw];
-                let (gxb, gyb) = (&mut gx[g.ca * hw..], &gy[g.ca * hw..]);
-                for i in 0..g.cb * hw {
-                    gxb[i] = gyb[i] * log_scale(raw[i], g.bound).exp();
-                }
-            });
+        let gx = scale_second_part(&g, c, hw, gy, out, false);
         Ok((CpuStorage::F32(gx), lg.shape().clone()))
     }
 }
