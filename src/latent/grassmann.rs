@@ -297,33 +297,72 @@ pub fn warp_experiment(
         rand_a.push(random_subspace(d, k_max, rng.random())?);
         rand_b.push(random_subspace(d, k_max, rng.random())?);
     }
-    let pcas = vec![pca; num_points];
-    let rows = |metric: GrassmannMetric| -> Result<Vec<WarpRow>> {
-        let random_pairs = distance_curve(&at_a, &at_b, ks, metric)?;
-        let near_pairs = distance_curve(&at_a, &at_near, ks, metric)?;
-        let random_subspaces = distance_curve(&rand_a, &rand_b, ks, metric)?;
-        let vs_global_pca = distance_curve(&at_a, &pcas, ks, metric)?;
-        Ok((0..ks.len())
-            .map(|i| WarpRow {
-                k: ks[i],
-                random_pairs: random_pairs[i],
-                near_pairs: near_pairs[i],
-                random_subspaces: random_subspaces[i],
-                vs_global_pca: vs_global_pca[i],
-                max_distance: metric.max_distance(ks[i]),
-            })
-            .collect())
+    let bases = WarpBases {
+        at_a,
+        at_b,
+        at_near,
+        rand_a,
+        rand_b,
+        pca,
     };
-    Ok(WarpReport {
-        model: model.name().to_string(),
-        latent_dim: d,
-        num_points,
-        eps_near,
-        jacobian_eps: eps,
-        seed,
-        geodesic: rows(GrassmannMetric::Geodesic)?,
-        projection: rows(GrassmannMetric::Projection)?,
-    })
+    bases.report(model.name(), eps_near, eps, seed, ks)
+}
+
+/// The bases of one warpage experiment, one entry per base point: local bases at random
+/// points a and b and at a point near a, two random subspaces, and the global PCA directions.
+pub struct WarpBases {
+    /// Local bases at the points a.
+    pub at_a: Vec<DMatrix<f32>>,
+    /// Local bases at the points b.
+    pub at_b: Vec<DMatrix<f32>>,
+    /// Local bases near a.
+    pub at_near: Vec<DMatrix<f32>>,
+    /// First random subspaces.
+    pub rand_a: Vec<DMatrix<f32>>,
+    /// Second random subspaces.
+    pub rand_b: Vec<DMatrix<f32>>,
+    /// Global PCA directions (`d x k_max`).
+    pub pca: DMatrix<f32>,
+}
+
+impl WarpBases {
+    /// The distance curves of both metrics over `ks`, as a [`WarpReport`] for `model`.
+    pub fn report(
+        &self,
+        model: &str,
+        eps_near: f32,
+        jacobian_eps: f32,
+        seed: u64,
+        ks: &[usize],
+    ) -> Result<WarpReport> {
+        let pcas = vec![self.pca.clone(); self.at_a.len()];
+        let rows = |metric: GrassmannMetric| -> Result<Vec<WarpRow>> {
+            let random_pairs = distance_curve(&self.at_a, &self.at_b, ks, metric)?;
+            let near_pairs = distance_curve(&self.at_a, &self.at_near, ks, metric)?;
+            let random_subspaces = distance_curve(&self.rand_a, &self.rand_b, ks, metric)?;
+            let vs_global_pca = distance_curve(&self.at_a, &pcas, ks, metric)?;
+            Ok((0..ks.len())
+                .map(|i| WarpRow {
+                    k: ks[i],
+                    random_pairs: random_pairs[i],
+                    near_pairs: near_pairs[i],
+                    random_subspaces: random_subspaces[i],
+                    vs_global_pca: vs_global_pca[i],
+                    max_distance: metric.max_distance(ks[i]),
+                })
+                .collect())
+        };
+        Ok(WarpReport {
+            model: model.to_string(),
+            latent_dim: self.pca.nrows(),
+            num_points: self.at_a.len(),
+            eps_near,
+            jacobian_eps,
+            seed,
+            geodesic: rows(GrassmannMetric::Geodesic)?,
+            projection: rows(GrassmannMetric::Projection)?,
+        })
+    }
 }
 
 /// How well a map carries a local basis: distances between the source's local basis pushed

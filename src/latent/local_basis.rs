@@ -29,7 +29,7 @@
 use candle_core::{Device, Tensor, Var};
 use nalgebra::DMatrix;
 
-use super::grassmann::{distance_curve, random_subspace, GrassmannMetric, WarpReport, WarpRow};
+use super::grassmann::{random_subspace, WarpBases, WarpReport};
 use super::linalg::{centred, cross_products};
 use super::{check_finite, LatentError, Result};
 use crate::data::{IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
@@ -520,7 +520,14 @@ pub fn mapping_warp_experiment(
         k_max,
     )?;
     let basis = |z: &[f32]| mapping_local_basis(model, z, k_max).map(|b| b.w_directions);
-    let mut bases: [Vec<DMatrix<f32>>; 5] = Default::default();
+    let mut bases = WarpBases {
+        at_a: Vec::new(),
+        at_b: Vec::new(),
+        at_near: Vec::new(),
+        rand_a: Vec::new(),
+        rand_b: Vec::new(),
+        pca,
+    };
     for i in 0..num_points {
         let (z_a, z_b, u) = (draw(d), draw(d), draw(d));
         let norm = u.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
@@ -529,38 +536,14 @@ pub fn mapping_warp_experiment(
             .zip(&u)
             .map(|(z, u)| z + eps_near * u / norm)
             .collect();
-        bases[0].push(basis(&z_a)?);
-        bases[1].push(basis(&z_b)?);
-        bases[2].push(basis(&z_near)?);
+        bases.at_a.push(basis(&z_a)?);
+        bases.at_b.push(basis(&z_b)?);
+        bases.at_near.push(basis(&z_near)?);
         let s = seed.wrapping_mul(1_000_003).wrapping_add(2 * i as u64 + 1);
-        bases[3].push(random_subspace(d, k_max, s)?);
-        bases[4].push(random_subspace(d, k_max, s.wrapping_add(1))?);
+        bases.rand_a.push(random_subspace(d, k_max, s)?);
+        bases
+            .rand_b
+            .push(random_subspace(d, k_max, s.wrapping_add(1))?);
     }
-    let pcas = vec![pca; num_points];
-    let rows = |metric: GrassmannMetric| -> Result<Vec<WarpRow>> {
-        let random_pairs = distance_curve(&bases[0], &bases[1], ks, metric)?;
-        let near_pairs = distance_curve(&bases[0], &bases[2], ks, metric)?;
-        let random_subspaces = distance_curve(&bases[3], &bases[4], ks, metric)?;
-        let vs_global_pca = distance_curve(&bases[0], &pcas, ks, metric)?;
-        Ok((0..ks.len())
-            .map(|i| WarpRow {
-                k: ks[i],
-                random_pairs: random_pairs[i],
-                near_pairs: near_pairs[i],
-                random_subspaces: random_subspaces[i],
-                vs_global_pca: vs_global_pca[i],
-                max_distance: metric.max_distance(ks[i]),
-            })
-            .collect())
-    };
-    Ok(WarpReport {
-        model: model.config.name.clone(),
-        latent_dim: d,
-        num_points,
-        eps_near,
-        jacobian_eps: 0.0,
-        seed,
-        geodesic: rows(GrassmannMetric::Geodesic)?,
-        projection: rows(GrassmannMetric::Projection)?,
-    })
+    bases.report(&model.config.name, eps_near, 0.0, seed, ks)
 }

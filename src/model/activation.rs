@@ -17,6 +17,25 @@ pub(crate) fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Res
     }
 }
 
+/// A gradient op's two inputs (the incoming gradient and the forward input) as contiguous
+/// f32 slices of the same shape; `op` names the operation in errors.
+pub(crate) fn grad_pair<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let g = contiguous_f32(op, s1, l1)?;
+    let x = contiguous_f32(op, s2, l2)?;
+    if l1.dims() != l2.dims() {
+        candle_core::bail!(
+            "{op} grad: shape mismatch {:?} vs {:?}",
+            l1.shape(),
+            l2.shape()
+        )
+    }
+    Ok((g, x))
+}
+
 struct Leaky(f32);
 struct LeakyGrad(f32);
 
@@ -56,15 +75,7 @@ impl CustomOp2 for LeakyGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32("leaky_relu", s1, l1)?;
-        let x = contiguous_f32("leaky_relu", s2, l2)?;
-        if g.len() != x.len() {
-            candle_core::bail!(
-                "leaky_relu grad: shape mismatch {:?} vs {:?}",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (g, x) = grad_pair("leaky_relu", (s1, l1), (s2, l2))?;
         let slope = self.0;
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::contiguous_f32;
+use super::activation::{contiguous_f32, grad_pair};
 
 /// `(batch, channels, pixels per channel and image)` of a `[B, C, H, W]` layout.
 fn bchw(l: &Layout) -> Result<(usize, usize, usize)> {
@@ -76,15 +76,7 @@ impl CustomOp2 for NormalizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32("batch_normalize", s1, l1)?;
-        let x = contiguous_f32("batch_normalize", s2, l2)?;
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "batch_normalize grad: shape mismatch {:?} vs {:?}",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (g, x) = grad_pair("batch_normalize", (s1, l1), (s2, l2))?;
         let (b, c, hw) = bchw(l2)?;
         let st = stats(x, b, c, hw, self.0);
         let n = (b * hw).max(1) as f64;

@@ -12,9 +12,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::conv::ConvGeom;
 use super::layers::{leaky, linear, BatchNorm, Conv, ConvT};
-use super::vae::ConvEncoder;
+use super::vae::{decoder_widths, upsampling_stack, ConvEncoder};
 
 /// A conv stack and a dense head: the recoder (`rec.*`).
 #[derive(Clone, Debug)]
@@ -97,16 +96,8 @@ pub type BatchStats = Vec<(Tensor, Tensor)>;
 impl Generator {
     /// Builds the generator with latent dimension `d` and base width `c`.
     pub fn new(vb: VarBuilder, d: usize, c: usize) -> Result<Self> {
-        let dense = linear(vb.pp("fc"), d, 8 * c * 16)?;
-        let widths = [8 * c, 4 * c, 2 * c, c, c / 2];
-        let g = ConvGeom {
-            kernel: 4,
-            stride: 2,
-            padding: 1,
-        };
-        let ups = (0..4)
-            .map(|i| ConvT::new(vb.pp(format!("t{i}")), widths[i], widths[i + 1], g, false))
-            .collect::<Result<_>>()?;
+        let (dense, ups) = upsampling_stack(&vb, d, c, false)?;
+        let widths = decoder_widths(c);
         let norms = (0..5)
             .map(|i| BatchNorm::new(vb.pp(format!("n{i}")), widths[i]))
             .collect::<Result<_>>()?;

@@ -51,19 +51,37 @@ pub struct ConvDecoder {
     c: usize,
 }
 
+/// Channel widths of the decoder / generator stages: `8c` at 4x4 down to `c/2` at 64x64.
+pub(crate) fn decoder_widths(c: usize) -> [usize; 5] {
+    [8 * c, 4 * c, 2 * c, c, c / 2]
+}
+
+/// The dense layer `fc` (`d` → `8c x 4 x 4`) and the four 4x4 stride-2 transposed convolutions
+/// `t0..t3` (4x4 → 64x64) shared by the VAE decoders and the GAN generator (`bias`: whether
+/// the convolutions have one; the generator's batch norm makes it redundant).
+pub(crate) fn upsampling_stack(
+    vb: &VarBuilder,
+    d: usize,
+    c: usize,
+    bias: bool,
+) -> Result<(candle_nn::Linear, Vec<ConvT>)> {
+    let dense = linear(vb.pp("fc"), d, 8 * c * 16)?;
+    let widths = decoder_widths(c);
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let ups = (0..4)
+        .map(|i| ConvT::new(vb.pp(format!("t{i}")), widths[i], widths[i + 1], g, bias))
+        .collect::<Result<_>>()?;
+    Ok((dense, ups))
+}
+
 impl ConvDecoder {
     /// Variables `fc`, `t0..t3`, `out` under `vb`; `out_channels` is 3 for images.
     pub fn new(vb: VarBuilder, latent_dim: usize, c: usize, out_channels: usize) -> Result<Self> {
-        let dense = linear(vb.pp("fc"), latent_dim, 8 * c * 16)?;
-        let widths = [8 * c, 4 * c, 2 * c, c, c / 2];
-        let g = ConvGeom {
-            kernel: 4,
-            stride: 2,
-            padding: 1,
-        };
-        let ups = (0..4)
-            .map(|i| ConvT::new(vb.pp(format!("t{i}")), widths[i], widths[i + 1], g, true))
-            .collect::<Result<_>>()?;
+        let (dense, ups) = upsampling_stack(&vb, latent_dim, c, true)?;
         let out = Conv::new(vb.pp("out"), c / 2, out_channels, 3, 1, 1)?;
         Ok(Self { dense, ups, out, c })
     }
