@@ -1,4 +1,5 @@
-//! The fused batch normalisation matches the plain candle composition: outputs and gradients.
+//! The fused batch normalisation and per-channel bias / affine ops match the plain candle
+//! compositions: outputs and gradients.
 
 use candle_core::{Device, Tensor, Var};
 use latent_atlas::model::batchnorm_op::{batch_normalize, reference_batch_normalize};
@@ -78,4 +79,111 @@ fn fused_batch_norm_rejects_non_4d_input() {
     let x = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = batch_normalize(&x, 1e-5).unwrap_err().to_string();
     assert!(err.contains("[B, C, H, W]"), "{err}");
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
+    use latent_atlas::model::channel_op::{
+        add_bias, channel_affine, reference_add_bias, reference_channel_affine,
+    };
+    for &(b, c, h, w) in &[
+        (3usize, 3usize, 64usize, 64usize),
+        (5, 17, 3, 5),
+        (1, 1, 1, 1),
+    ] {
+        let n = b * c * h * w;
+        let var = |len: usize, seed: u64, dims: &[usize]| {
+            Var::from_vec(pseudo_random(len, seed, 2.0, 0.1), dims, &Device::Cpu).unwrap()
+        };
+        let x = var(n, 3 + n as u64, &[b, c, h, w]);
+        let scale = var(c, 11, &[c]);
+        let shift = var(c, 12, &[c]);
+        let r =
+            Tensor::from_vec(pseudo_random(n, 98, 2.0, 0.3), (b, c, h, w), &Device::Cpu).unwrap();
+        type Op<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor;
+        let cases: [(&str, Op, Op); 2] = [
+            ("bias", &|x, _s, t| add_bias(x, t).unwrap(), &|x, _s, t| {
+                reference_add_bias(x, t).unwrap()
+            }),
+            (
+                "affine",
+                &|x, s, t| channel_affine(x, s, t).unwrap(),
+                &|x, s, t| reference_channel_affine(x, s, t).unwrap(),
+            ),
+        ];
+        for (name, fast, slow) in cases {
+            let args = (x.as_tensor(), scale.as_tensor(), shift.as_tensor());
+            let (yf, ys) = (fast(args.0, args.1, args.2), slow(args.0, args.1, args.2));
+            assert!(
+                max_diff(&yf, &ys) < 1e-5,
+                "{name} {b}x{c}x{h}x{w}: outputs differ"
+            );
+            let gf = (yf * &r)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gs = (ys * &r)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (what, v) in [("x", &x), ("scale", &scale), ("shift", &shift)] {
+                match (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
+                    (Some(p), Some(q)) => {
+                        let tol = 1e-4
+                            * q.abs()
+                                .unwrap()
+                                .flatten_all()
+                                .unwrap()
+                                .max(0)
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap()
+                                .max(1.0);
+                        let d = max_diff(p, q);
+                        assert!(d < tol, "{name} {b}x{c}x{h}x{w}: d{what} differs by {d}");
+                    }
+                    (None, None) => assert_eq!((name, what), ("bias", "scale")),
+                    (p, q) => panic!(
+                        "{name}: d{what} present fused {} / reference {}",
+                        p.is_some(),
+                        q.is_some()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_channel_ops_reject_mismatched_shapes() {
+    use latent_atlas::model::channel_op::{add_bias, channel_affine};
+    let x = Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let right = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = add_bias(&x, &wrong).unwrap_err().to_string();
+    assert!(e.contains("add_bias") && e.contains("3 channels"), "{e}");
+    let e = channel_affine(&x, &right, &wrong).unwrap_err().to_string();
+    assert!(e.contains("channel_affine"), "{e}");
 }

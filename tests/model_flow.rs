@@ -160,7 +160,7 @@ fn fused_kernels_match_plain_candle_ops() {
             (
                 ops::coupling(x.as_tensor(), out.as_tensor(), g).unwrap(),
                 ops::log_scale_sum(out.as_tensor(), g).unwrap(),
-                ops::add_bias(x.as_tensor(), bias.as_tensor()).unwrap(),
+                latent_atlas::model::channel_op::add_bias(x.as_tensor(), bias.as_tensor()).unwrap(),
             )
         } else {
             (

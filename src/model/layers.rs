@@ -3,6 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::channel_op;
 use super::conv::{self, ConvGeom};
 
 /// Convolution with bias; weight `[Co, Ci, k, k]`.
@@ -41,7 +42,7 @@ impl Module for Conv {
     /// `[B, Ci, H, W]` → `[B, Co, Ho, Wo]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv::conv2d(x, &self.weight, self.geom)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        channel_op::add_bias(&y, &self.bias)
     }
 }
 
@@ -77,7 +78,7 @@ impl Module for ConvT {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv::conv_transpose2d(x, &self.weight, self.geom)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => channel_op::add_bias(&y, b),
             None => Ok(y),
         }
     }
@@ -97,8 +98,7 @@ pub fn leaky(x: &Tensor) -> Result<Tensor> {
 
 /// Per-channel affine `x * scale + shift` for `[B, C, H, W]` (an eval-mode batch norm).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
-        .broadcast_add(&shift.reshape((1, (), 1, 1))?)
+    channel_op::channel_affine(x, scale, shift)
 }
 
 /// Batch normalisation over `[B, C, H, W]` with variables `weight`, `bias`, `running_mean`,
@@ -152,9 +152,11 @@ impl BatchNorm {
     /// [`super::batchnorm_op::batch_normalize`]; same result as [`BatchNorm::forward_batch`]'s
     /// output without computing the statistics as tensors.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        super::batchnorm_op::batch_normalize(x, BN_EPS)?
-            .broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        channel_op::channel_affine(
+            &super::batchnorm_op::batch_normalize(x, BN_EPS)?,
+            &self.weight,
+            &self.bias,
+        )
     }
     /// Normalises with the running statistics (inference).
     pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {

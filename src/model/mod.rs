@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod adam;
 pub mod batchnorm_op;
+pub mod channel_op;
 pub mod conv;
 pub mod device;
 pub mod flow;

@@ -252,7 +252,7 @@ impl ModConv {
         } else {
             (y * EQ_GAIN)?
         };
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        super::channel_op::add_bias(&y, &self.bias)
     }
 }
 

@@ -115,7 +115,7 @@ impl InvConv {
         let folded = weight.broadcast_mul(&norm.logs.exp()?.reshape((1, c))?)?;
         let bias = weight.matmul(&norm.bias.reshape((c, 1))?)?;
         let y = conv::conv2d(x, &folded.reshape((c, c, 1, 1))?, POINTWISE)?;
-        let y = ops::add_bias(&y, &bias.reshape(c)?)?;
+        let y = crate::model::channel_op::add_bias(&y, &bias.reshape(c)?)?;
         let ld = (self.logs.sum_all()? + norm.logs.sum_all()?)?.affine((h * w) as f64, 0.0)?;
         Ok((y, ld))
     }
@@ -160,7 +160,7 @@ impl Conv {
     }
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv::conv2d(x, &self.weight, self.geom)?;
-        Ok(ops::add_bias(&y, &self.bias)?)
+        Ok(crate::model::channel_op::add_bias(&y, &self.bias)?)
     }
 }
 
