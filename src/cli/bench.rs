@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// The scatter benchmark (`--scatter [N]` and its options).
     #[command(flatten)]
     pub scatter: super::bench_scatter::ScatterArgs,
+    /// The per-layer convolution benchmark (`--layers` and its options).
+    #[command(flatten)]
+    pub layers: super::bench_layers::LayerArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -295,6 +298,9 @@ fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, V
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.scale.scale.is_some() {
         return super::bench_scale::run(&a.scale);
+    }
+    if a.layers.layers {
+        return super::bench_layers::run(&a.layers);
     }
     if a.slider {
         let (p50, p95, pair) = slider_latency(400)?;

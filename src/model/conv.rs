@@ -107,16 +107,80 @@ fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, 
     )
 }
 
+/// Side lengths of the stride-phase planes of a `h x w` channel: `(ceil(h/s), ceil(w/s))`.
+fn plane_dims(d: &Dims, s: usize) -> (usize, usize) {
+    (d.h.div_ceil(s), d.w.div_ceil(s))
+}
+
+/// Where tap `tap` of output position `o` lands in the phase planes:
+/// input position `o * s + tap - p = (o + shift) * s + phase`.
+fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
+    let q = tap as isize - g.padding as isize;
+    let s = g.stride as isize;
+    (q.rem_euclid(s) as usize, q.div_euclid(s))
+}
+
+/// Splits one channel (`h x w`) into its `s x s` stride phases:
+/// `planes[(ry * s + rx)][a][b] = x[a * s + ry][b * s + rx]` (entries past the edge stay as
+/// they are: no tap ever reads them).
+fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
+    let (hp, wp) = plane_dims(d, s);
+    for iy in 0..d.h {
+        let (a, ry) = (iy / s, iy % s);
+        let src = &xc[iy * d.w..(iy + 1) * d.w];
+        for rx in 0..s {
+            let dst = &mut planes[((ry * s + rx) * hp + a) * wp..][..wp];
+            for (o, &v) in dst.iter_mut().zip(src.iter().skip(rx).step_by(s)) {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// The inverse of [`to_planes`]: writes every pixel of one channel from its phase planes.
+fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
+    let (hp, wp) = plane_dims(d, s);
+    for iy in 0..d.h {
+        let (a, ry) = (iy / s, iy % s);
+        let dst = &mut xc[iy * d.w..(iy + 1) * d.w];
+        for rx in 0..s {
+            let src = &planes[((ry * s + rx) * hp + a) * wp..][..wp];
+            for (o, &v) in dst.iter_mut().skip(rx).step_by(s).zip(src) {
+                *o = v;
+            }
+        }
+    }
+}
+
 /// Unfolds one image `x` (`[c_in, h, w]`) into `cols` (`[c_in*k*k, ho*wo]`).
+///
+/// Strided convolutions first split each channel into its stride phases ([`to_planes`]), so
+/// that every tap becomes a contiguous row copy instead of a strided gather.
 fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
-    let k = g.kernel;
+    let (k, s) = (g.kernel, g.stride);
     let n = d.col_cols();
+    let (hp, wp) = plane_dims(d, s);
+    let mut planes = if s > 1 {
+        vec![0f32; s * s * hp * wp]
+    } else {
+        Vec::new()
+    };
     for c in 0..d.c_in {
         let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        // (source, rows, row length) the taps copy from
+        let (src, src_rows_len) = if s > 1 {
+            to_planes(xc, d, s, &mut planes);
+            (&planes[..], wp)
+        } else {
+            (xc, d.w)
+        };
         for ki in 0..k {
             let (oy_lo, oy_hi) = valid_range(ki, g, d.h, d.ho);
+            let (ry, dy) = tap_phase(ki, g);
             for kj in 0..k {
                 let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
+                let (rx, dx) = tap_phase(kj, g);
+                let plane = &src[(ry * s + rx) * hp * wp..]; // s = 1: one plane, the channel
                 let row = &mut cols[((c * k + ki) * k + kj) * n..][..n];
                 for oy in 0..d.ho {
                     let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
@@ -124,18 +188,12 @@ fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
                         dst.fill(0.0);
                         continue;
                     }
-                    let iy = oy * g.stride + ki - g.padding;
-                    let src = &xc[iy * d.w..(iy + 1) * d.w];
+                    let a = (oy as isize + dy) as usize;
+                    let b0 = (ox_lo as isize + dx) as usize;
+                    let src_row = &plane[a * src_rows_len..(a + 1) * src_rows_len];
                     dst[..ox_lo].fill(0.0);
                     dst[ox_hi..].fill(0.0);
-                    if g.stride == 1 {
-                        let ix0 = ox_lo + kj - g.padding;
-                        dst[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
-                    } else {
-                        for (ox, v) in dst.iter_mut().enumerate().take(ox_hi).skip(ox_lo) {
-                            *v = src[ox * g.stride + kj - g.padding];
-                        }
-                    }
+                    dst[ox_lo..ox_hi].copy_from_slice(&src_row[b0..b0 + (ox_hi - ox_lo)]);
                 }
             }
         }
@@ -143,39 +201,51 @@ fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
 }
 
 /// Folds `cols` (`[c_in*k*k, ho*wo]`) back into one image `x` (`[c_in, h, w]`), summing overlaps.
+///
+/// Strided convolutions accumulate into the stride phases of each channel (contiguous adds)
+/// and interleave them once at the end ([`from_planes`]).
 fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32]) {
-    let k = g.kernel;
+    let (k, s) = (g.kernel, g.stride);
     let n = d.col_cols();
-    x.fill(0.0);
+    let (hp, wp) = plane_dims(d, s);
+    let mut planes = if s > 1 {
+        vec![0f32; s * s * hp * wp]
+    } else {
+        Vec::new()
+    };
     for c in 0..d.c_in {
         let xc = &mut x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        let (acc, acc_row_len): (&mut [f32], usize) = if s > 1 {
+            planes.fill(0.0);
+            (&mut planes[..], wp)
+        } else {
+            xc.fill(0.0);
+            (&mut xc[..], d.w)
+        };
         for ki in 0..k {
             let (oy_lo, oy_hi) = valid_range(ki, g, d.h, d.ho);
+            let (ry, dy) = tap_phase(ki, g);
             for kj in 0..k {
                 let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
                 if ox_lo >= ox_hi {
                     continue;
                 }
+                let (rx, dx) = tap_phase(kj, g);
+                let plane_at = (ry * s + rx) * hp * wp; // 0 when s = 1
                 let row = &cols[((c * k + ki) * k + kj) * n..][..n];
+                let b0 = (ox_lo as isize + dx) as usize;
                 for oy in oy_lo..oy_hi {
-                    let iy = oy * g.stride + ki - g.padding;
-                    let dst = &mut xc[iy * d.w..(iy + 1) * d.w];
-                    let src = &row[oy * d.wo..(oy + 1) * d.wo];
-                    if g.stride == 1 {
-                        let ix0 = ox_lo + kj - g.padding;
-                        for (a, b) in dst[ix0..ix0 + (ox_hi - ox_lo)]
-                            .iter_mut()
-                            .zip(&src[ox_lo..ox_hi])
-                        {
-                            *a += *b;
-                        }
-                    } else {
-                        for (ox, v) in src.iter().enumerate().take(ox_hi).skip(ox_lo) {
-                            dst[ox * g.stride + kj - g.padding] += *v;
-                        }
+                    let a = (oy as isize + dy) as usize;
+                    let dst = &mut acc[plane_at + a * acc_row_len..][..acc_row_len];
+                    let src = &row[oy * d.wo + ox_lo..oy * d.wo + ox_hi];
+                    for (o, v) in dst[b0..b0 + src.len()].iter_mut().zip(src) {
+                        *o += *v;
                     }
                 }
             }
+        }
+        if s > 1 {
+            from_planes(&planes, d, s, xc);
         }
     }
 }
@@ -200,17 +270,45 @@ fn matmul(
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
+    let d = Mat {
+        ptr: dst.as_ptr(),
+        rs: n as isize,
+        cs: 1,
+    };
+    matmul_into(dst, d, m, n, k, lhs, rhs, accumulate, par)
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with `dst` at the strides of `layout` (its pointer is
+/// ignored; `dst` must hold every element those strides reach).
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    dst: &mut [f32],
+    layout: Mat,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
     debug_assert!(dst.len() >= m * n);
+    debug_assert!(
+        m == 0
+            || n == 0
+            || (m - 1) * (layout.rs as usize) + (n - 1) * (layout.cs as usize) < dst.len()
+    );
     // SAFETY: the callers build `lhs`/`rhs` from slices that hold at least m*k / k*n elements at
-    // the given strides, and `dst` holds m*n elements; gemm reads and writes only those.
+    // the given strides, and `dst` holds every element the (non-negative) strides of `layout`
+    // reach for m x n; gemm reads and writes only those.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            layout.cs,
+            layout.rs,
             accumulate,
             lhs.ptr,
             lhs.cs,
@@ -255,17 +353,26 @@ fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
                 g,
                 cols,
             );
+            // Computed transposed, yᵀ[n, c_out] = colsᵀ[n, rows] · wᵀ[rows, c_out], written
+            // into y's [c_out, n] layout: both operands are then column-major for gemm and
+            // neither is re-packed per image (the weights were, once per image), and the
+            // kernel's long side is the n pixels rather than c_out (3 for an RGB output conv).
             let lhs = Mat {
-                ptr: w.as_ptr(),
-                rs: rows as isize,
-                cs: 1,
+                ptr: cols.as_ptr(),
+                rs: 1,
+                cs: n as isize,
             };
             let rhs = Mat {
-                ptr: cols.as_ptr(),
-                rs: n as isize,
-                cs: 1,
+                ptr: w.as_ptr(),
+                rs: 1,
+                cs: rows as isize,
             };
-            matmul(yb, d.c_out, n, rows, lhs, rhs, false, par);
+            let layout = Mat {
+                ptr: yb.as_ptr(),
+                rs: 1,
+                cs: n as isize,
+            };
+            matmul_into(yb, layout, n, d.c_out, rows, lhs, rhs, false, par);
         },
     );
     y
