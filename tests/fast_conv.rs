@@ -120,6 +120,43 @@ fn conv2d_on_non_square_inputs_is_consistent() {
     }
 }
 
+/// Fewer output than input channels at stride 1 (an RGB output conv): the input gradient takes
+/// the flipped-kernel convolution route.
+#[test]
+fn conv2d_with_fewer_outputs_matches_native_gradients() {
+    for (i, &(k, p)) in [(3usize, 1usize), (5, 2), (3, 0), (4, 1)]
+        .iter()
+        .enumerate()
+    {
+        let g = ConvGeom {
+            kernel: k,
+            stride: 1,
+            padding: p,
+        };
+        let x = Var::from_tensor(&rand(&[2, 9, 11, 11], 60 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[3, 9, k, k], 160 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), p, 1, 1, 1).unwrap();
+        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
+        let r = rand(ours.dims(), 13);
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gn = (native * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
+            "grad x {g:?}"
+        );
+        assert!(
+            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
+            "grad w {g:?}"
+        );
+    }
+}
+
 #[test]
 fn conv_transpose2d_matches_native_forward_and_gradients() {
     for (i, &(k, s, p)) in [(4, 2, 1), (4, 1, 0), (3, 1, 1), (3, 2, 1), (5, 3, 2)]

@@ -13,7 +13,7 @@
 //! On non-CPU devices [`conv2d`] and [`conv_transpose2d`] call candle's native ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of a square-kernel convolution (dilation 1).
@@ -340,45 +340,168 @@ fn inner_par(batch: usize) -> gemm::Parallelism {
     }
 }
 
+/// `y_i = w · cols_i` into one image's output `yb` (`[c_out, n]`).
+///
+/// Computed transposed, yᵀ[n, c_out] = colsᵀ[n, rows] · wᵀ[rows, c_out], written into y's
+/// [c_out, n] layout: both operands are then column-major for gemm and neither is re-packed
+/// per image (the weights were, once per image), and the kernel's long side is the n pixels
+/// rather than c_out (3 for an RGB output conv).
+fn forward_image(
+    cols: &[f32],
+    w: &[f32],
+    yb: &mut [f32],
+    d: &Dims,
+    rows: usize,
+    par: gemm::Parallelism,
+) {
+    let n = d.col_cols();
+    let lhs = Mat {
+        ptr: cols.as_ptr(),
+        rs: 1,
+        cs: n as isize,
+    };
+    let rhs = Mat {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: rows as isize,
+    };
+    let layout = Mat {
+        ptr: yb.as_ptr(),
+        rs: 1,
+        cs: n as isize,
+    };
+    matmul_into(yb, layout, n, d.c_out, rows, lhs, rhs, false, par);
+}
+
+/// `acc (+)= gy_i · cols_iᵀ` (`[c_out, n] x [n, rows]`): one image's share of ∂/∂w.
+#[allow(clippy::too_many_arguments)]
+fn grad_weight_image(
+    gy_i: &[f32],
+    cols: &[f32],
+    acc: &mut [f32],
+    d: &Dims,
+    rows: usize,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    let n = d.col_cols();
+    let lhs = Mat {
+        ptr: gy_i.as_ptr(),
+        rs: n as isize,
+        cs: 1,
+    };
+    let rhs = Mat {
+        ptr: cols.as_ptr(),
+        rs: 1,
+        cs: n as isize,
+    };
+    matmul(acc, d.c_out, rows, n, lhs, rhs, accumulate, par);
+}
+
 fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
+    let img = d.c_in * d.h * d.w;
     let mut y = vec![0f32; b * d.c_out * n];
     let par = inner_par(b);
     y.par_chunks_mut(d.c_out * n).enumerate().for_each_init(
         || vec![0f32; rows * n],
         |cols, (i, yb)| {
-            im2col(
-                &x[i * d.c_in * d.h * d.w..][..d.c_in * d.h * d.w],
-                d,
-                g,
-                cols,
-            );
-            // Computed transposed, yᵀ[n, c_out] = colsᵀ[n, rows] · wᵀ[rows, c_out], written
-            // into y's [c_out, n] layout: both operands are then column-major for gemm and
-            // neither is re-packed per image (the weights were, once per image), and the
-            // kernel's long side is the n pixels rather than c_out (3 for an RGB output conv).
-            let lhs = Mat {
-                ptr: cols.as_ptr(),
-                rs: 1,
-                cs: n as isize,
-            };
-            let rhs = Mat {
-                ptr: w.as_ptr(),
-                rs: 1,
-                cs: rows as isize,
-            };
-            let layout = Mat {
-                ptr: yb.as_ptr(),
-                rs: 1,
-                cs: n as isize,
-            };
-            matmul_into(yb, layout, n, d.c_out, rows, lhs, rhs, false, par);
+            im2col(&x[i * img..][..img], d, g, cols);
+            forward_image(cols, w, yb, d, rows, par);
         },
     );
     y
 }
 
+/// `(conv2d(x, w), ∂/∂w given gy)` from one im2col of each image of `x`: the backward of a
+/// transposed convolution needs both for the same tensor (its incoming gradient).
+fn forward_and_grad_weight(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+) -> (Vec<f32>, Vec<f32>) {
+    let (rows, n) = (d.col_rows(g), d.col_cols());
+    let (img, out) = (d.c_in * d.h * d.w, d.c_out * n);
+    let mut y = vec![0f32; b * out];
+    let chunks = threads().min(b).max(1);
+    let per = b.div_ceil(chunks);
+    let par = inner_par(chunks);
+    let partial: Vec<Vec<f32>> = y
+        .par_chunks_mut(per * out)
+        .enumerate()
+        .map(|(c, ychunk)| {
+            let mut acc = vec![0f32; d.c_out * rows];
+            let mut cols = vec![0f32; rows * n];
+            for (j, yb) in ychunk.chunks_mut(out).enumerate() {
+                let i = c * per + j;
+                im2col(&x[i * img..][..img], d, g, &mut cols);
+                forward_image(&cols, w, yb, d, rows, par);
+                grad_weight_image(&gy[i * out..][..out], &cols, &mut acc, d, rows, j > 0, par);
+            }
+            acc
+        })
+        .collect();
+    (y, sum_partials(partial, d.c_out * rows))
+}
+
+fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    for p in partial {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// `w[co, ci, ki, kj]` → `w'[ci, co, k-1-ki, k-1-kj]`: the kernel whose stride-1
+/// convolution is the adjoint of `w`'s.
+fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            let src = &w[(co * c_in + ci) * k * k..][..k * k];
+            let dst = &mut out[(ci * c_out + co) * k * k..][..k * k];
+            for (o, v) in dst.iter_mut().zip(src.iter().rev()) {
+                *o = *v;
+            }
+        }
+    }
+    out
+}
+
 fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    // A stride-1 convolution's adjoint is the stride-1 convolution of gy with the flipped,
+    // transposed kernel and padding k-1-p. When gy has fewer channels than x (an RGB output
+    // conv: 3 vs 16), its im2col is that much smaller than the col2im route's columns.
+    if g.stride == 1 && g.padding < g.kernel && d.c_out < d.c_in {
+        let k = g.kernel;
+        let adjoint = Dims {
+            c_in: d.c_out,
+            h: d.ho,
+            w: d.wo,
+            c_out: d.c_in,
+            ho: d.h,
+            wo: d.w,
+        };
+        let ga = ConvGeom {
+            kernel: k,
+            stride: 1,
+            padding: k - 1 - g.padding,
+        };
+        if ga.conv_out(d.ho) == d.h && ga.conv_out(d.wo) == d.w {
+            return forward(
+                gy,
+                &flipped_transposed(w, d.c_out, d.c_in, k),
+                b,
+                &adjoint,
+                &ga,
+            );
+        }
+    }
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
     let mut gx = vec![0f32; b * img];
@@ -406,7 +529,7 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
 
 fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
-    let img = d.c_in * d.h * d.w;
+    let (img, out) = (d.c_in * d.h * d.w, d.c_out * n);
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
     let par = inner_par(chunks);
@@ -417,29 +540,20 @@ fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f
             let mut cols = vec![0f32; rows * n];
             for i in (c * per)..((c + 1) * per).min(b) {
                 im2col(&x[i * img..][..img], d, g, &mut cols);
-                // acc += gy_i · colsᵀ : [c_out, n] x [n, rows]
-                let lhs = Mat {
-                    ptr: gy[i * d.c_out * n..].as_ptr(),
-                    rs: n as isize,
-                    cs: 1,
-                };
-                let rhs = Mat {
-                    ptr: cols.as_ptr(),
-                    rs: 1,
-                    cs: n as isize,
-                };
-                matmul(&mut acc, d.c_out, rows, n, lhs, rhs, i > c * per, par);
+                grad_weight_image(
+                    &gy[i * out..][..out],
+                    &cols,
+                    &mut acc,
+                    d,
+                    rows,
+                    i > c * per,
+                    par,
+                );
             }
             acc
         })
         .collect();
-    let mut out = vec![0f32; d.c_out * rows];
-    for p in partial {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
-    out
+    sum_partials(partial, d.c_out * rows)
 }
 
 impl CustomOp2 for ConvOp {
@@ -568,27 +682,75 @@ impl CustomOp2 for ConvOp {
                 Ok((ga, Some(gb)))
             }
             Kernel::GradInput { .. } => {
-                // a = gy-like input of the transposed conv, b = weight, result has the conv-input shape.
-                let ga = grad.apply_op2_no_bwd(
-                    b,
-                    &ConvOp {
-                        kernel: Kernel::Forward,
-                        geom: g,
-                    },
-                )?;
-                let gb = grad.apply_op2_no_bwd(
-                    a,
-                    &ConvOp {
-                        kernel: Kernel::GradWeight,
-                        geom: g,
-                    },
-                )?;
+                // a = gy-like input of the transposed conv, b = weight, result has the conv-input
+                // shape. Both gradients need the im2col of `grad`: one fused pass computes them.
+                let flat = grad.apply_op3_no_bwd(b, &a.contiguous()?, &TransposedBackward(g))?;
+                let ylen = a.elem_count();
+                let ga = flat.narrow(0, 0, ylen)?.reshape(a.shape())?;
+                let gb = flat.narrow(0, ylen, b.elem_count())?.reshape(b.shape())?;
                 Ok((Some(ga), Some(gb)))
             }
             Kernel::GradWeight => {
                 candle_core::bail!("fast conv: no second-order gradient for grad-weight")
             }
         }
+    }
+}
+
+/// Backward of a transposed convolution `conv_transpose2d(a, w)` (= [`Kernel::GradInput`]):
+/// `(grad, w, a) ↦ [∂/∂a, ∂/∂w]` flattened into one vector, from a single im2col of `grad`.
+struct TransposedBackward(ConvGeom);
+
+impl CustomOp3 for TransposedBackward {
+    fn name(&self) -> &'static str {
+        "fast-conv-transpose2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, gy) = (
+            f32_slice(s1, l1, "grad")?,
+            f32_slice(s2, l2, "weight")?,
+            f32_slice(s3, l3, "input")?,
+        );
+        let g = &self.0;
+        let (b, c_in, h, wd) = l1.shape().dims4()?;
+        let (c_out, c_in2, k1, k2) = l2.shape().dims4()?;
+        let (b2, c_out2, ho, wo) = l3.shape().dims4()?;
+        if c_in != c_in2
+            || c_out != c_out2
+            || b != b2
+            || k1 != g.kernel
+            || k2 != g.kernel
+            || g.conv_out(h) != ho
+            || g.conv_out(wd) != wo
+        {
+            candle_core::bail!(
+                "fast conv-transpose backward: {:?}, {:?} and {:?} do not match",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let d = Dims {
+            c_in,
+            h,
+            w: wd,
+            c_out,
+            ho,
+            wo,
+        };
+        let (mut y, gw) = forward_and_grad_weight(x, w, gy, b, &d, g);
+        y.extend_from_slice(&gw);
+        let len = y.len();
+        Ok((CpuStorage::F32(y), Shape::from(len)))
     }
 }
 
