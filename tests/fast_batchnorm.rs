@@ -187,3 +187,31 @@ fn fused_channel_ops_reject_mismatched_shapes() {
     let e = channel_affine(&x, &right, &wrong).unwrap_err().to_string();
     assert!(e.contains("channel_affine"), "{e}");
 }
+
+#[test]
+fn fused_batch_statistics_match_candle_reductions() {
+    use latent_atlas::model::batchnorm_op::batch_statistics;
+    let (b, c, h, w) = (6usize, 5usize, 7usize, 3usize);
+    let n = b * c * h * w;
+    let x = Tensor::from_vec(pseudo_random(n, 5, 4.0, 1.5), (b, c, h, w), &Device::Cpu).unwrap();
+    let (mean, var) = batch_statistics(&x).unwrap();
+    let ref_mean = x.mean_keepdim((0, 2, 3)).unwrap();
+    let ref_var = x
+        .broadcast_sub(&ref_mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_keepdim((0, 2, 3))
+        .unwrap();
+    assert!(max_diff(&mean, &ref_mean.flatten_all().unwrap()) < 1e-5);
+    assert!(max_diff(&var, &ref_var.flatten_all().unwrap()) < 1e-4);
+    assert!(
+        var.min(0).unwrap().to_scalar::<f32>().unwrap() > 0.1,
+        "degenerate data"
+    );
+    let e =
+        batch_statistics(&Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("[B, C, H, W]"), "{e}");
+}

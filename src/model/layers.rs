@@ -136,17 +136,11 @@ impl BatchNorm {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Normalises with the batch statistics; returns `(y, mean [C], biased variance [C])`.
+    /// Normalises with the batch statistics; returns `(y, mean [C], biased variance [C])`
+    /// (the statistics detached).
     pub fn forward_batch(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
-        let scale = inv.broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?;
-        let y = xc
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        Ok((y, mean.flatten_all()?, var.flatten_all()?))
+        let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
+        Ok((self.forward_train(x)?, mean, var))
     }
     /// Normalises with the batch statistics (training), through the fused
     /// [`super::batchnorm_op::batch_normalize`]; same result as [`BatchNorm::forward_batch`]'s
