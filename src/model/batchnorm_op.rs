@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::activation::{contiguous_f32, grad_pair};
+use super::channel_op::{row_dot_centered, row_sq_dev, row_sum};
 
 /// `(batch, channels, pixels per channel and image)` of a `[B, C, H, W]` layout.
 fn bchw(l: &Layout) -> Result<(usize, usize, usize)> {
@@ -23,19 +24,16 @@ fn stats(x: &[f32], b: usize, c: usize, hw: usize, eps: f32) -> Vec<(f32, f32)> 
         .collect()
 }
 
-/// Per channel `(mean, biased variance)` in f64, two passes, parallel over channels.
+/// Per channel `(mean, biased variance)`, two passes, parallel over channels: each pixel row
+/// summed in f32 lanes (vectorised), rows accumulated in f64.
 fn mean_var(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let blocks = || (0..b).map(|bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
+            let rows = || (0..b).map(|bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
             let n = (b * hw).max(1) as f64;
-            let mean = blocks().flatten().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = blocks()
-                .flatten()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / n;
+            let mean = rows().map(row_sum).sum::<f64>() / n;
+            let var = rows().map(|r| row_sq_dev(r, mean as f32)).sum::<f64>() / n;
             (mean, var)
         })
         .collect()
@@ -128,10 +126,8 @@ impl CustomOp2 for NormalizeGrad {
                 let (mut sg, mut sgy) = (0f64, 0f64);
                 for bi in 0..b {
                     let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    for (&gv, &xv) in g[r.clone()].iter().zip(&x[r]) {
-                        sg += f64::from(gv);
-                        sgy += f64::from(gv) * f64::from((xv - mean) * inv);
-                    }
+                    sg += row_sum(&g[r.clone()]);
+                    sgy += f64::from(inv) * row_dot_centered(&g[r.clone()], &x[r], mean);
                 }
                 ((sg / n) as f32, (sgy / n) as f32)
             })

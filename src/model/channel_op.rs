@@ -31,7 +31,7 @@ fn channel_vector<'a>(op: &str, s: &'a CpuStorage, l: &Layout, c: usize) -> Resu
 }
 
 /// Sum of a row, in f32 lanes (vectorised), returned as f64.
-fn row_sum(r: &[f32]) -> f64 {
+pub(crate) fn row_sum(r: &[f32]) -> f64 {
     let mut lanes = [0f32; 8];
     let mut chunks = r.chunks_exact(8);
     for ch in &mut chunks {
@@ -40,6 +40,42 @@ fn row_sum(r: &[f32]) -> f64 {
         }
     }
     let tail: f32 = chunks.remainder().iter().sum();
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+/// `Σ a·(b − shift)` over two rows, in f32 lanes (vectorised), returned as f64.
+pub(crate) fn row_dot_centered(a: &[f32], b: &[f32], shift: f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
+            *l += u * (v - shift);
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(u, v)| u * (v - shift))
+        .sum();
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+/// `Σ (v − shift)²` over a row, in f32 lanes, returned as f64.
+pub(crate) fn row_sq_dev(r: &[f32], shift: f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = r.chunks_exact(8);
+    for ch in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l += (v - shift) * (v - shift);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| (v - shift) * (v - shift))
+        .sum();
     lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
 }
 

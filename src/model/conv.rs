@@ -128,6 +128,20 @@ fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
     for iy in 0..d.h {
         let (a, ry) = (iy / s, iy % s);
         let src = &xc[iy * d.w..(iy + 1) * d.w];
+        if s == 2 {
+            // the common case, as pairs (vectorises into shuffles)
+            let (p0, rest) = planes[(ry * 2 * hp + a) * wp..].split_at_mut(hp * wp);
+            let p1 = &mut rest[..wp];
+            let pairs = src.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                p0[d.w / 2] = *last;
+            }
+            for ((pair, o0), o1) in pairs.zip(p0.iter_mut()).zip(p1.iter_mut()) {
+                *o0 = pair[0];
+                *o1 = pair[1];
+            }
+            continue;
+        }
         for rx in 0..s {
             let dst = &mut planes[((ry * s + rx) * hp + a) * wp..][..wp];
             for (o, &v) in dst.iter_mut().zip(src.iter().skip(rx).step_by(s)) {
@@ -143,6 +157,19 @@ fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
     for iy in 0..d.h {
         let (a, ry) = (iy / s, iy % s);
         let dst = &mut xc[iy * d.w..(iy + 1) * d.w];
+        if s == 2 {
+            let p0 = &planes[(ry * 2 * hp + a) * wp..][..wp];
+            let p1 = &planes[((ry * 2 + 1) * hp + a) * wp..][..wp];
+            let mut pairs = dst.chunks_exact_mut(2);
+            for ((pair, &v0), &v1) in (&mut pairs).zip(p0).zip(p1) {
+                pair[0] = v0;
+                pair[1] = v1;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = p0[d.w / 2];
+            }
+            continue;
+        }
         for rx in 0..s {
             let src = &planes[((ry * s + rx) * hp + a) * wp..][..wp];
             for (o, &v) in dst.iter_mut().skip(rx).step_by(s).zip(src) {
