@@ -30,72 +30,45 @@ fn channel_vector<'a>(op: &str, s: &'a CpuStorage, l: &Layout, c: usize) -> Resu
     Ok(v)
 }
 
-/// Sum of a row, in f32 lanes (vectorised), returned as f64.
+/// `Σ f(a_i, b_i)` over two equally long rows, accumulated in eight f32 lanes (the loop
+/// vectorises; a single running sum would be a serial, latency-bound chain), returned as f64.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
+            *l += f(u, v);
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&u, &v)| f(u, v))
+        .sum();
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+/// Sum of a row.
 pub(crate) fn row_sum(r: &[f32]) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = r.chunks_exact(8);
-    for ch in &mut chunks {
-        for (a, &v) in lanes.iter_mut().zip(ch) {
-            *a += v;
-        }
-    }
-    let tail: f32 = chunks.remainder().iter().sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+    lane_sum(r, r, |u, _| u)
 }
 
-/// `Σ a·(b − shift)` over two rows, in f32 lanes (vectorised), returned as f64.
+/// `Σ a·(b − shift)` over two rows.
 pub(crate) fn row_dot_centered(a: &[f32], b: &[f32], shift: f32) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
-            *l += u * (v - shift);
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(u, v)| u * (v - shift))
-        .sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+    lane_sum(a, b, move |u, v| u * (v - shift))
 }
 
-/// `Σ (v − shift)²` over a row, in f32 lanes, returned as f64.
+/// `Σ (v − shift)²` over a row.
 pub(crate) fn row_sq_dev(r: &[f32], shift: f32) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = r.chunks_exact(8);
-    for ch in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(ch) {
-            *l += (v - shift) * (v - shift);
-        }
-    }
-    let tail: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| (v - shift) * (v - shift))
-        .sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+    lane_sum(r, r, move |u, _| (u - shift) * (u - shift))
 }
 
-/// Dot product of two rows, in f32 lanes, returned as f64.
+/// Dot product of two rows.
 fn row_dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
-            *l += u * v;
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(u, v)| u * v)
-        .sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+    lane_sum(a, b, |u, v| u * v)
 }
 
 /// Per-channel sums over batch and pixels: `Σ g` (and `Σ g·x` when `x` is given), as

@@ -1,0 +1,208 @@
+//! im2col / col2im for the fast convolutions: one image at a time, NCHW, with strided
+//! convolutions routed through stride-phase planes so that every tap is a contiguous copy.
+
+use super::ConvGeom;
+
+/// Rows of the im2col matrix: `c * k * k`; columns: `ho * wo`.
+pub(super) struct Dims {
+    pub(super) c_in: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c_out: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+}
+
+impl Dims {
+    pub(super) fn col_rows(&self, g: &ConvGeom) -> usize {
+        self.c_in * g.kernel * g.kernel
+    }
+    pub(super) fn col_cols(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// Range of output positions `o` whose input position `o * s + tap - p` lies in `0..len`.
+fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, usize) {
+    let (s, p) = (g.stride as isize, g.padding as isize);
+    let off = tap as isize - p;
+    // smallest o with o*s + off >= 0
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    // largest o with o*s + off <= len-1, plus one
+    let hi_num = len as isize - 1 - off;
+    let hi = if hi_num < 0 { 0 } else { hi_num / s + 1 };
+    (
+        lo.clamp(0, out_len as isize) as usize,
+        hi.clamp(0, out_len as isize) as usize,
+    )
+}
+
+/// Side lengths of the stride-phase planes of a `h x w` channel: `(ceil(h/s), ceil(w/s))`.
+fn plane_dims(d: &Dims, s: usize) -> (usize, usize) {
+    (d.h.div_ceil(s), d.w.div_ceil(s))
+}
+
+/// Where tap `tap` of output position `o` lands in the phase planes:
+/// input position `o * s + tap - p = (o + shift) * s + phase`.
+fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
+    let q = tap as isize - g.padding as isize;
+    let s = g.stride as isize;
+    (q.rem_euclid(s) as usize, q.div_euclid(s))
+}
+
+/// Splits one channel (`h x w`) into its `s x s` stride phases:
+/// `planes[(ry * s + rx)][a][b] = x[a * s + ry][b * s + rx]` (entries past the edge stay as
+/// they are: no tap ever reads them).
+fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
+    let (hp, wp) = plane_dims(d, s);
+    for iy in 0..d.h {
+        let (a, ry) = (iy / s, iy % s);
+        let src = &xc[iy * d.w..(iy + 1) * d.w];
+        if s == 2 {
+            // the common case, as pairs (vectorises into shuffles)
+            let (p0, rest) = planes[(ry * 2 * hp + a) * wp..].split_at_mut(hp * wp);
+            let p1 = &mut rest[..wp];
+            let pairs = src.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                p0[d.w / 2] = *last;
+            }
+            for ((pair, o0), o1) in pairs.zip(p0.iter_mut()).zip(p1.iter_mut()) {
+                *o0 = pair[0];
+                *o1 = pair[1];
+            }
+            continue;
+        }
+        for rx in 0..s {
+            let dst = &mut planes[((ry * s + rx) * hp + a) * wp..][..wp];
+            for (o, &v) in dst.iter_mut().zip(src.iter().skip(rx).step_by(s)) {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// The inverse of [`to_planes`]: writes every pixel of one channel from its phase planes.
+fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
+    let (hp, wp) = plane_dims(d, s);
+    for iy in 0..d.h {
+        let (a, ry) = (iy / s, iy % s);
+        let dst = &mut xc[iy * d.w..(iy + 1) * d.w];
+        if s == 2 {
+            let p0 = &planes[(ry * 2 * hp + a) * wp..][..wp];
+            let p1 = &planes[((ry * 2 + 1) * hp + a) * wp..][..wp];
+            let mut pairs = dst.chunks_exact_mut(2);
+            for ((pair, &v0), &v1) in (&mut pairs).zip(p0).zip(p1) {
+                pair[0] = v0;
+                pair[1] = v1;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = p0[d.w / 2];
+            }
+            continue;
+        }
+        for rx in 0..s {
+            let src = &planes[((ry * s + rx) * hp + a) * wp..][..wp];
+            for (o, &v) in dst.iter_mut().skip(rx).step_by(s).zip(src) {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// Unfolds one image `x` (`[c_in, h, w]`) into `cols` (`[c_in*k*k, ho*wo]`).
+///
+/// Strided convolutions first split each channel into its stride phases ([`to_planes`]), so
+/// that every tap becomes a contiguous row copy instead of a strided gather.
+pub(super) fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
+    let (k, s) = (g.kernel, g.stride);
+    let n = d.col_cols();
+    let (hp, wp) = plane_dims(d, s);
+    let mut planes = if s > 1 {
+        vec![0f32; s * s * hp * wp]
+    } else {
+        Vec::new()
+    };
+    for c in 0..d.c_in {
+        let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        // (source, rows, row length) the taps copy from
+        let (src, src_rows_len) = if s > 1 {
+            to_planes(xc, d, s, &mut planes);
+            (&planes[..], wp)
+        } else {
+            (xc, d.w)
+        };
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = valid_range(ki, g, d.h, d.ho);
+            let (ry, dy) = tap_phase(ki, g);
+            for kj in 0..k {
+                let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
+                let (rx, dx) = tap_phase(kj, g);
+                let plane = &src[(ry * s + rx) * hp * wp..]; // s = 1: one plane, the channel
+                let row = &mut cols[((c * k + ki) * k + kj) * n..][..n];
+                for oy in 0..d.ho {
+                    let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
+                    if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let a = (oy as isize + dy) as usize;
+                    let b0 = (ox_lo as isize + dx) as usize;
+                    let src_row = &plane[a * src_rows_len..(a + 1) * src_rows_len];
+                    dst[..ox_lo].fill(0.0);
+                    dst[ox_hi..].fill(0.0);
+                    dst[ox_lo..ox_hi].copy_from_slice(&src_row[b0..b0 + (ox_hi - ox_lo)]);
+                }
+            }
+        }
+    }
+}
+
+/// Folds `cols` (`[c_in*k*k, ho*wo]`) back into one image `x` (`[c_in, h, w]`), summing overlaps.
+///
+/// Strided convolutions accumulate into the stride phases of each channel (contiguous adds)
+/// and interleave them once at the end ([`from_planes`]).
+pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32]) {
+    let (k, s) = (g.kernel, g.stride);
+    let n = d.col_cols();
+    let (hp, wp) = plane_dims(d, s);
+    let mut planes = if s > 1 {
+        vec![0f32; s * s * hp * wp]
+    } else {
+        Vec::new()
+    };
+    for c in 0..d.c_in {
+        let xc = &mut x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        let (acc, acc_row_len): (&mut [f32], usize) = if s > 1 {
+            planes.fill(0.0);
+            (&mut planes[..], wp)
+        } else {
+            xc.fill(0.0);
+            (&mut xc[..], d.w)
+        };
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = valid_range(ki, g, d.h, d.ho);
+            let (ry, dy) = tap_phase(ki, g);
+            for kj in 0..k {
+                let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
+                if ox_lo >= ox_hi {
+                    continue;
+                }
+                let (rx, dx) = tap_phase(kj, g);
+                let plane_at = (ry * s + rx) * hp * wp; // 0 when s = 1
+                let row = &cols[((c * k + ki) * k + kj) * n..][..n];
+                let b0 = (ox_lo as isize + dx) as usize;
+                for oy in oy_lo..oy_hi {
+                    let a = (oy as isize + dy) as usize;
+                    let dst = &mut acc[plane_at + a * acc_row_len..][..acc_row_len];
+                    let src = &row[oy * d.wo + ox_lo..oy * d.wo + ox_hi];
+                    for (o, v) in dst[b0..b0 + src.len()].iter_mut().zip(src) {
+                        *o += *v;
+                    }
+                }
+            }
+        }
+        if s > 1 {
+            from_planes(&planes, d, s, xc);
+        }
+    }
+}
