@@ -1,6 +1,9 @@
 //! The fused batch normalisation and per-channel bias / affine ops match the plain candle
 //! compositions: outputs and gradients.
 
+mod common;
+use common::max_abs_diff;
+
 use candle_core::{Device, Tensor, Var};
 use latent_atlas::model::batchnorm_op::{batch_normalize, reference_batch_normalize};
 
@@ -81,20 +84,6 @@ fn fused_batch_norm_rejects_non_4d_input() {
     assert!(err.contains("[B, C, H, W]"), "{err}");
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
     use latent_atlas::model::channel_op::{
@@ -129,7 +118,7 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
             let args = (x.as_tensor(), scale.as_tensor(), shift.as_tensor());
             let (yf, ys) = (fast(args.0, args.1, args.2), slow(args.0, args.1, args.2));
             assert!(
-                max_diff(&yf, &ys) < 1e-5,
+                max_abs_diff(&yf, &ys) < 1e-5,
                 "{name} {b}x{c}x{h}x{w}: outputs differ"
             );
             let gf = (yf * &r)
@@ -161,7 +150,7 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
                                 .to_scalar::<f32>()
                                 .unwrap()
                                 .max(1.0);
-                        let d = max_diff(p, q);
+                        let d = max_abs_diff(p, q);
                         assert!(d < tol, "{name} {b}x{c}x{h}x{w}: d{what} differs by {d}");
                     }
                     (None, None) => assert_eq!((name, what), ("bias", "scale")),
@@ -203,8 +192,8 @@ fn fused_batch_statistics_match_candle_reductions() {
         .unwrap()
         .mean_keepdim((0, 2, 3))
         .unwrap();
-    assert!(max_diff(&mean, &ref_mean.flatten_all().unwrap()) < 1e-5);
-    assert!(max_diff(&var, &ref_var.flatten_all().unwrap()) < 1e-4);
+    assert!(max_abs_diff(&mean, &ref_mean.flatten_all().unwrap()) < 1e-5);
+    assert!(max_abs_diff(&var, &ref_var.flatten_all().unwrap()) < 1e-4);
     assert!(
         var.min(0).unwrap().to_scalar::<f32>().unwrap() > 0.1,
         "degenerate data"

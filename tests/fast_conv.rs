@@ -1,5 +1,8 @@
 //! The fast CPU conv kernels must agree with candle's native ops: outputs and gradients.
 
+mod common;
+use common::max_abs_diff;
+
 use candle_core::{Device, Tensor, Var};
 use latent_atlas::model::activation::leaky_relu;
 use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
@@ -21,18 +24,21 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+/// `ours` equals `native` (forward within 1e-4), and so do the gradients of a random weighted
+/// sum of each with respect to `x` (1e-4) and `w` (1e-3).
+fn assert_matches_native(ours: &Tensor, native: &Tensor, x: &Var, w: &Var, seed: u64, what: &str) {
+    assert!(max_abs_diff(ours, native) < 1e-4, "forward {what}");
+    let r = rand(ours.dims(), seed);
+    let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (go, gn) = (grads(ours), grads(native));
+    assert!(
+        max_abs_diff(go.get(x).unwrap(), gn.get(x).unwrap()) < 1e-4,
+        "grad x {what}"
+    );
+    assert!(
+        max_abs_diff(go.get(w).unwrap(), gn.get(w).unwrap()) < 1e-3,
+        "grad w {what}"
+    );
 }
 
 const GEOMS: [(usize, usize, usize); 7] = [
@@ -58,24 +64,7 @@ fn conv2d_matches_native_forward_and_gradients() {
         let w = Var::from_tensor(&rand(&[7, 5, k, k], 100 + i as u64)).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
         let native = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
-        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
-        // gradients of a weighted sum
-        let r = rand(ours.dims(), 7);
-        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gn = (native * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(
-            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
-            "grad x {g:?}"
-        );
-        assert!(
-            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
-            "grad w {g:?}"
-        );
+        assert_matches_native(&ours, &native, &x, &w, 7, &format!("{g:?}"));
     }
 }
 
@@ -102,7 +91,7 @@ fn conv2d_on_non_square_inputs_is_consistent() {
         let w = Var::from_tensor(&rand(&[6, 4, k, k], 140 + i as u64)).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
         let native = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
-        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
+        assert!(max_abs_diff(&ours, &native) < 1e-4, "forward {g:?}");
         let r = rand(ours.dims(), 11);
         let value = dot(&ours, &r);
         let grads = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -137,23 +126,7 @@ fn conv2d_with_fewer_outputs_matches_native_gradients() {
         let w = Var::from_tensor(&rand(&[3, 9, k, k], 160 + i as u64)).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
         let native = x.as_tensor().conv2d(w.as_tensor(), p, 1, 1, 1).unwrap();
-        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
-        let r = rand(ours.dims(), 13);
-        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gn = (native * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(
-            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
-            "grad x {g:?}"
-        );
-        assert!(
-            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
-            "grad w {g:?}"
-        );
+        assert_matches_native(&ours, &native, &x, &w, 13, &format!("{g:?}"));
     }
 }
 
@@ -175,23 +148,7 @@ fn conv_transpose2d_matches_native_forward_and_gradients() {
             .as_tensor()
             .conv_transpose2d(w.as_tensor(), p, 0, s, 1)
             .unwrap();
-        assert!(max_diff(&ours, &native) < 1e-4, "forward {g:?}");
-        let r = rand(ours.dims(), 9);
-        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gn = (native * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(
-            max_diff(go.get(&x).unwrap(), gn.get(&x).unwrap()) < 1e-4,
-            "grad x {g:?}"
-        );
-        assert!(
-            max_diff(go.get(&w).unwrap(), gn.get(&w).unwrap()) < 1e-3,
-            "grad w {g:?}"
-        );
+        assert_matches_native(&ours, &native, &x, &w, 9, &format!("{g:?}"));
     }
 }
 
@@ -206,7 +163,7 @@ fn batch_of_one_uses_the_same_kernels() {
     let w = rand(&[8, 4, 4, 4], 4);
     let ours = conv_transpose2d(&x, &w, g).unwrap();
     let native = x.conv_transpose2d(&w, 1, 0, 2, 1).unwrap();
-    assert!(max_diff(&ours, &native) < 1e-4);
+    assert!(max_abs_diff(&ours, &native) < 1e-4);
 }
 
 #[test]
@@ -217,7 +174,7 @@ fn leaky_relu_matches_reference_with_gradient() {
         .as_tensor()
         .maximum(&(x.as_tensor() * 0.2).unwrap())
         .unwrap();
-    assert!(max_diff(&ours, &reference) < 1e-7);
+    assert!(max_abs_diff(&ours, &reference) < 1e-7);
     let r = rand(ours.dims(), 6);
     let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gr = (reference * &r)
@@ -226,7 +183,7 @@ fn leaky_relu_matches_reference_with_gradient() {
         .unwrap()
         .backward()
         .unwrap();
-    assert!(max_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6);
+    assert!(max_abs_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6);
 }
 
 #[test]

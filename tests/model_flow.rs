@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::discs;
+use common::max_abs_diff;
 use latent_atlas::model::flow::{self, ops, Flow, FlowArch, FLOW_LATENT_DIM};
 use latent_atlas::model::train::{train, TrainKind, TrainOptions};
 use latent_atlas::model::{
@@ -52,19 +53,6 @@ fn flow_model(width: usize, seed: u64) -> Model {
     Model::new(cfg, &Device::Cpu, seed, false).unwrap()
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn decode_inverts_encode_exactly() {
     let model = flow_model(8, 1);
@@ -96,11 +84,11 @@ fn decode_inverts_encode_exactly() {
         .unwrap();
     assert!(spread > 1e-3, "codes are degenerate: mean square {spread}");
     let xr = model.decode(&z).unwrap();
-    let err = max_abs(&x, &xr);
+    let err = max_abs_diff(&x, &xr);
     assert!(err < 1e-4, "decode(encode(x)) differs from x by {err}");
     // and the other way round: encode(decode(z)) = z for codes of real images
     let zr = model.encode(&xr).unwrap();
-    let zerr = max_abs(&z, &zr);
+    let zerr = max_abs_diff(&z, &zr);
     assert!(zerr < 2e-2, "encode(decode(z)) differs from z by {zerr}");
 }
 
@@ -190,7 +178,7 @@ fn fused_kernels_match_plain_candle_ops() {
         ("dbias", &a.5, &b.5),
     ] {
         assert_eq!(p.dims(), q.dims(), "{name}");
-        let err = max_abs(p, q);
+        let err = max_abs_diff(p, q);
         assert!(err < 1e-4, "{name}: fused and plain differ by {err}");
     }
 }
@@ -283,7 +271,11 @@ fn tiny_training_lowers_the_nll_and_resumes_exactly() {
     let b = store::named_tensors(&resumed.varmap, false).unwrap();
     assert_eq!(a.len(), b.len());
     for (name, t) in &a {
-        assert_eq!(max_abs(t, &b[name]), 0.0, "{name} differs after resuming");
+        assert_eq!(
+            max_abs_diff(t, &b[name]),
+            0.0,
+            "{name} differs after resuming"
+        );
     }
 }
 
@@ -297,7 +289,7 @@ fn save_load_round_trip_and_clear_errors() {
     assert_eq!(loaded.family(), Family::Flow);
     let x = uniform(&[2, 3, 64, 64], 0.0, 1.0, 9);
     assert_eq!(
-        max_abs(&model.encode(&x).unwrap(), &loaded.encode(&x).unwrap()),
+        max_abs_diff(&model.encode(&x).unwrap(), &loaded.encode(&x).unwrap()),
         0.0
     );
     let config_path = dir.path().join(store::CONFIG_FILE);
@@ -354,8 +346,8 @@ fn squeeze_is_inverted_by_unsqueeze() {
         .unwrap()
         .narrow(3, 2, 1)
         .unwrap();
-    assert_eq!(max_abs(&a, &b), 0.0);
-    assert_eq!(max_abs(&flow::unsqueeze(&s).unwrap(), &x), 0.0);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    assert_eq!(max_abs_diff(&flow::unsqueeze(&s).unwrap(), &x), 0.0);
 }
 
 /// The flow's 12,288-dimensional latent is too wide for a full Jacobian: the local basis says

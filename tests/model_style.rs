@@ -4,6 +4,7 @@
 mod common;
 use candle_core::{Device, Tensor, Var};
 use common::discs;
+use common::max_abs_diff;
 use latent_atlas::data::Dataset;
 use latent_atlas::latent::local_basis::{
     mapping_jacobian, mapping_local_basis, mapping_warp_experiment,
@@ -30,19 +31,6 @@ fn randn(n: usize, d: usize, seed: u64) -> Tensor {
         .map(|_| rng.sample(rand_distr::StandardNormal))
         .collect();
     Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn style(model: &Model) -> &latent_atlas::model::style::Style {

@@ -6,15 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::activation::{contiguous_f32, grad_pair};
-use super::channel_op::{row_dot_centered, row_sq_dev, row_sum};
-
-/// `(batch, channels, pixels per channel and image)` of a `[B, C, H, W]` layout.
-fn bchw(l: &Layout) -> Result<(usize, usize, usize)> {
-    match l.dims() {
-        [b, c, h, w] => Ok((*b, *c, h * w)),
-        d => candle_core::bail!("batch_normalize: expected [B, C, H, W], got {d:?}"),
-    }
-}
+use super::channel_op::{bchw, row_dot_centered, row_sq_dev, row_sum};
 
 /// Per channel `(mean, 1 / sqrt(var + eps))`, biased variance, two passes in f64.
 fn stats(x: &[f32], b: usize, c: usize, hw: usize, eps: f32) -> Vec<(f32, f32)> {
@@ -48,7 +40,7 @@ impl CustomOp1 for MeanVar {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32("batch_statistics", s, l)?;
-        let (b, c, hw) = bchw(l)?;
+        let (b, c, hw) = bchw("batch_normalize", l)?;
         let mv = mean_var(x, b, c, hw);
         let mut out: Vec<f32> = mv.iter().map(|&(m, _)| m as f32).collect();
         out.extend(mv.iter().map(|&(_, v)| v as f32));
@@ -81,7 +73,7 @@ impl CustomOp1 for Normalize {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32("batch_normalize", s, l)?;
-        let (b, c, hw) = bchw(l)?;
+        let (b, c, hw) = bchw("batch_normalize", l)?;
         let st = stats(x, b, c, hw, self.0);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw.max(1))
@@ -116,7 +108,7 @@ impl CustomOp2 for NormalizeGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, x) = grad_pair("batch_normalize", (s1, l1), (s2, l2))?;
-        let (b, c, hw) = bchw(l2)?;
+        let (b, c, hw) = bchw("batch_normalize", l2)?;
         let st = stats(x, b, c, hw, self.0);
         let n = (b * hw).max(1) as f64;
         let sums: Vec<(f32, f32)> = (0..c)

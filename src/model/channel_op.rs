@@ -12,10 +12,10 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::activation::contiguous_f32;
+use super::activation::{contiguous_f32, grad_pair};
 
 /// `(batch, channels, pixels per channel and image)` of a `[B, C, H, W]` layout.
-fn bchw(op: &str, l: &Layout) -> Result<(usize, usize, usize)> {
+pub(crate) fn bchw(op: &str, l: &Layout) -> Result<(usize, usize, usize)> {
     match l.dims() {
         [b, c, h, w] => Ok((*b, *c, h * w)),
         d => candle_core::bail!("{op}: expected [B, C, H, W], got {d:?}"),
@@ -255,15 +255,7 @@ impl CustomOp2 for ChannelSums2 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32("channel_affine grad", s1, l1)?;
-        let x = contiguous_f32("channel_affine grad", s2, l2)?;
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "channel_affine grad: shape mismatch {:?} vs {:?}",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (g, x) = grad_pair("channel_affine", (s1, l1), (s2, l2))?;
         let (b, c, hw) = bchw("channel_affine grad", l1)?;
         Ok((
             CpuStorage::F32(channel_sums(g, Some(x), b, c, hw)),

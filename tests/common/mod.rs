@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use latent_atlas::data::{Dataset, SampleInfo, Split, IMAGE_LEN};
 use latent_atlas::model::train::{train, TrainKind, TrainOptions, TrainReport};
 use latent_atlas::progress::{Cancel, NoProgress};
@@ -116,4 +116,19 @@ pub fn train_quiet(opts: &TrainOptions, data: &Dataset, out: &Path) -> TrainRepo
         &Cancel::new(),
     )
     .unwrap()
+}
+
+/// Largest absolute elementwise difference of two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
