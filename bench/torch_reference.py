@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--part", choices=["train", "infer", "fits"], default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -156,6 +157,19 @@ def main():
     b = 64
     x = fmt(torch.rand(b, 3, 64, 64), cl)
 
+    def wants(p):
+        return a.part is None or a.part == p
+
+    if wants("train"):
+        train_part(out, x, b, cl, rep)
+    if wants("infer"):
+        infer_part(out, cl, rep)
+    if wants("fits"):
+        fits_part(out, rep)
+    print(json.dumps(out))
+
+
+def train_part(out, x, b, cl, rep):
     def vae_step(model, opt, d):
         gamma = [0.01]
 
@@ -216,6 +230,8 @@ def main():
 
     out["train_recoder_img_s"] = b / timeit(rec_step, rep)
 
+
+def infer_part(out, cl, rep):
     vae = Vae(64).eval()
     if cl:
         vae = vae.to(memory_format=torch.channels_last)
@@ -227,12 +243,13 @@ def main():
         out["decode_b256_img_s"] = 256 / timeit(lambda: vae.decode(z256), rep)
         out["decode_b1_ms"] = 1000 * timeit(lambda: vae.decode(z1), 5 * rep, warmup=5)
 
+
+def fits_part(out, rep):
     rng = np.random.default_rng(0)
     for n, key in [(150, "lstsq_150_ms"), (200_000, "lstsq_200k_ms")]:
         X = rng.standard_normal((n, 64)).astype(np.float32)
         Y = rng.standard_normal((n, 150)).astype(np.float32)
         out[key] = 1000 * timeit(lambda: np.linalg.solve(X.T @ X, X.T @ Y), rep)
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":

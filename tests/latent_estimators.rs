@@ -497,3 +497,41 @@ fn lstsq_timing_breakdown() {
     let products = best(&|| drop(cross_products(&x, Some(&y))));
     println!("200,000 x 64 -> 150: finiteness checks {finite:.1} ms, XᵀX + XᵀY {products:.1} ms");
 }
+
+#[test]
+fn first_non_finite_finds_the_earliest_across_chunks() {
+    use latent_atlas::latent::first_non_finite;
+    let n = 200_000;
+    let mut v: Vec<f32> = (0..n).map(|i| (i as f32).sin()).collect();
+    assert_eq!(first_non_finite(&v), None);
+    assert_eq!(first_non_finite(&[]), None);
+    // Two bad values in different parallel chunks: the earlier one is reported.
+    v[150_001] = f32::NAN;
+    v[70_123] = f32::INFINITY;
+    assert_eq!(first_non_finite(&v), Some(70_123));
+    v[70_123] = 1.0;
+    assert_eq!(first_non_finite(&v), Some(150_001));
+    v[0] = f32::NEG_INFINITY;
+    assert_eq!(first_non_finite(&v), Some(0));
+    // The last element of a ragged final chunk.
+    let mut w = vec![0.5f32; 3 * (1 << 14) + 5];
+    let last = w.len() - 1;
+    w[last] = f32::NAN;
+    assert_eq!(first_non_finite(&w), Some(last));
+    // A full-data map reports the row and column of a NaN far into a large code matrix.
+    let x = randn(50_000, 8, 3);
+    let mut y = randn(50_000, 4, 4);
+    y[(41_234, 3)] = f32::NAN;
+    let e = target_from_source(&x, &y, &Estimator::Lstsq, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LatentError::NonFinite {
+                row: 41_234,
+                col: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

@@ -45,6 +45,30 @@ pub struct BenchArgs {
     /// The per-layer convolution benchmark (`--layers` and its options).
     #[command(flatten)]
     pub layers: super::bench_layers::LayerArgs,
+    /// Only one part of the table (both sides): training, encode/decode, or map fits.
+    #[arg(long, value_enum)]
+    pub part: Option<Part>,
+}
+
+/// A part of the comparison table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Training throughput of the four architectures.
+    Train,
+    /// Encode / decode throughput and batch-1 decode latency.
+    Infer,
+    /// Map fits and the slider decode path.
+    Fits,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Train => "train",
+            Part::Infer => "infer",
+            Part::Fits => "fits",
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -129,9 +153,29 @@ fn train_throughput(
         .unwrap_or(0.0))
 }
 
-fn ours(quick: bool) -> Result<Map<String, Value>> {
+fn ours(quick: bool, part: Option<Part>) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     let steps = if quick { 3 } else { 8 };
+    let wants = |p: Part| part.is_none_or(|q| q == p);
+    if wants(Part::Train) {
+        train_part(&mut m, steps)?;
+    }
+    let rep = if quick { 3 } else { 7 };
+    if wants(Part::Infer) {
+        infer_part(&mut m, rep)?;
+    }
+    if wants(Part::Fits) {
+        fits_part(&mut m, rep, quick)?;
+    }
+    m.insert(
+        "threads".into(),
+        json!(candle_core::utils::get_num_threads()),
+    );
+    m.insert("candle".into(), json!("0.11"));
+    Ok(m)
+}
+
+fn train_part(m: &mut Map<String, Value>, steps: usize) -> Result<()> {
     let data = random_dataset(64 * steps * 2 + 64);
     eprintln!("training throughput (batch 64)...");
     m.insert(
@@ -166,15 +210,18 @@ fn ours(quick: bool) -> Result<Map<String, Value>> {
             Some(gan_dir.path().to_path_buf())
         )?),
     );
+    Ok(())
+}
 
+fn infer_part(m: &mut Map<String, Value>, rep: usize) -> Result<()> {
     eprintln!("encode / decode...");
+    let data = random_dataset(256);
     let vae = Model::new(
         ModelConfig::new("bench-vae", Family::Vae, 64),
         &Device::Cpu,
         0,
         false,
     )?;
-    let rep = if quick { 3 } else { 7 };
     let idx: Vec<usize> = (0..256).collect();
     let x = data.batch(&idx, &Device::Cpu)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -198,8 +245,12 @@ fn ours(quick: bool) -> Result<Map<String, Value>> {
         "decode_b1_ms".into(),
         json!(1000.0 * time_median(5 * rep, 5, || Ok(vae.decode(&z1).map(drop)?))?),
     );
+    Ok(())
+}
 
+fn fits_part(m: &mut Map<String, Value>, rep: usize, quick: bool) -> Result<()> {
     eprintln!("map fits...");
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
     for (n, key) in [(150usize, "lstsq_150_ms"), (200_000, "lstsq_200k_ms")] {
         let xs = DMatrix::<f32>::from_fn(n, 64, |_, _| rng.sample(rand_distr::StandardNormal));
         let ys = DMatrix::<f32>::from_fn(n, 150, |_, _| rng.sample(rand_distr::StandardNormal));
@@ -213,12 +264,7 @@ fn ours(quick: bool) -> Result<Map<String, Value>> {
     m.insert("slider_p50_ms".into(), json!(p50));
     m.insert("slider_p95_ms".into(), json!(p95));
     m.insert("slider_pair".into(), json!(pair));
-    m.insert(
-        "threads".into(),
-        json!(candle_core::utils::get_num_threads()),
-    );
-    m.insert("candle".into(), json!("0.11"));
-    Ok(m)
+    Ok(())
 }
 
 /// p50 / p95 of the explorer's per-drag work (`worker::decode_slider`: source decode, map,
@@ -259,7 +305,12 @@ fn slider_latency(n: usize) -> Result<(f64, f64, String)> {
     Ok((q(0.5), q(0.95), label))
 }
 
-fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, Value>> {
+fn torch(
+    python: &str,
+    quick: bool,
+    channels_last: bool,
+    part: Option<Part>,
+) -> Option<Map<String, Value>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_reference.py");
     let mut cmd = std::process::Command::new(python);
     cmd.arg(&script)
@@ -270,6 +321,9 @@ fn torch(python: &str, quick: bool, channels_last: bool) -> Option<Map<String, V
     }
     if channels_last {
         cmd.arg("--channels-last");
+    }
+    if let Some(p) = part {
+        cmd.arg("--part").arg(p.name());
     }
     let out = match cmd.output() {
         Ok(o) if o.status.success() => o,
@@ -316,14 +370,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let ours = ours(a.quick)?;
+    let ours = ours(a.quick, a.part)?;
     let (t_nchw, t_cl) = if a.no_torch {
         (None, None)
     } else {
         eprintln!("PyTorch reference (NCHW, then channels_last)...");
         (
-            torch(&a.python, a.quick, false),
-            torch(&a.python, a.quick, true),
+            torch(&a.python, a.quick, false, a.part),
+            torch(&a.python, a.quick, true, a.part),
         )
     };
     let rows = [
@@ -354,6 +408,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|");
     for (key, label, higher_better) in rows {
         let o = get(&Some(ours.clone()), key);
+        if o.is_none() {
+            continue;
+        }
         let (tn, tc) = (get(&t_nchw, key), get(&t_cl, key));
         let best = match (tn, tc) {
             (Some(a), Some(b)) => Some(if higher_better { a.max(b) } else { a.min(b) }),

@@ -160,7 +160,7 @@ pub fn read_codes_any(path: &Path) -> Result<Tensor> {
         )
     })?;
     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+    if let Some(i) = crate::latent::first_non_finite(&v) {
         bail!(
             "codes contain a non-finite value at row {}, column {}: {}",
             i / d.max(1),

@@ -65,7 +65,7 @@ fn check_code(model: &dyn LatentModel, what: &str, z: &[f32]) -> Result<()> {
 }
 
 fn check_finite_slice(what: &str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
+    match super::first_non_finite(v) {
         None => Ok(()),
         Some(col) => Err(LatentError::NonFinite {
             what: what.to_string(),
