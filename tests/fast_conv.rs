@@ -166,6 +166,63 @@ fn batch_of_one_uses_the_same_kernels() {
     assert!(max_abs_diff(&ours, &native) < 1e-4);
 }
 
+/// Batch 1 takes the paths that split one image among the threads (input channels for the
+/// im2col and for the transposed convolution's rows and col2im): every geometry, an odd
+/// channel count (uneven groups) and a single channel, against candle with gradients.
+#[test]
+fn batch_of_one_matches_native_with_gradients() {
+    for (i, &(k, s, p)) in GEOMS.iter().enumerate() {
+        let g = ConvGeom {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+        for (c_in, c_out) in [(5, 7), (7, 3), (1, 4)] {
+            let seed = 10 * i as u64 + c_in as u64;
+            let x = Var::from_tensor(&rand(&[1, c_in, 13, 13], seed)).unwrap();
+            let w = Var::from_tensor(&rand(&[c_out, c_in, k, k], 200 + seed)).unwrap();
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+            let native = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
+            let what = format!("conv2d b1 {c_in}->{c_out} {g:?}");
+            assert_matches_native(&ours, &native, &x, &w, seed, &what);
+            // transposed: x is the output side of the conv above
+            let side = g.conv_out(13);
+            if g.transposed_out(side) != 13 {
+                continue;
+            }
+            let xt = Var::from_tensor(&rand(&[1, c_out, side, side], 300 + seed)).unwrap();
+            let ours = conv_transpose2d(xt.as_tensor(), w.as_tensor(), g).unwrap();
+            let native = xt
+                .as_tensor()
+                .conv_transpose2d(w.as_tensor(), p, 0, s, 1)
+                .unwrap();
+            let what = format!("conv_transpose2d b1 {c_out}->{c_in} {g:?}");
+            assert_matches_native(&ours, &native, &xt, &w, seed + 1, &what);
+        }
+    }
+}
+
+#[test]
+fn leaky_relu_on_many_threads_matches_reference() {
+    // above activation::SERIAL_BELOW values: the parallel path
+    let x = Var::from_tensor(&rand(&[3, 16, 64, 64], 15)).unwrap();
+    let ours = leaky_relu(x.as_tensor(), 0.2).unwrap();
+    let reference = x
+        .as_tensor()
+        .maximum(&(x.as_tensor() * 0.2).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&ours, &reference) < 1e-7);
+    let r = rand(ours.dims(), 16);
+    let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (reference * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_abs_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6);
+}
+
 #[test]
 fn leaky_relu_matches_reference_with_gradient() {
     let x = Var::from_tensor(&rand(&[4, 3, 9, 9], 5)).unwrap();

@@ -112,17 +112,15 @@ fn affine_rows(
 ) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let hw = hw.max(1);
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(k, (y, x))| {
-            let ch = k % c;
-            let s = scale.map_or(1.0, |s| s[ch]);
-            let t = shift.map_or(0.0, |t| t[ch]);
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = v * s + t;
-            }
-        });
+    super::activation::map_chunks(&mut y, hw, |k, y| {
+        let x = &x[k * hw..][..y.len()];
+        let ch = k % c;
+        let s = scale.map_or(1.0, |s| s[ch]);
+        let t = shift.map_or(0.0, |t| t[ch]);
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * s + t;
+        }
+    });
     y
 }
 

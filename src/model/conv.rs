@@ -78,8 +78,10 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
+/// candle's thread count, read once (candle re-reads the CPU mask from `/proc` on each call).
 fn threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// Parallelism inside one gemm: only when the batch is too small to split across threads.
@@ -150,11 +152,37 @@ fn grad_weight_image(
     matmul(acc, d.c_out, rows, n, lhs, rhs, accumulate, par);
 }
 
+/// Channels per group when one image's `c` channels are split among the threads.
+fn channels_per_thread(c: usize) -> usize {
+    c.div_ceil(threads().min(c).max(1)).max(1)
+}
+
 fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
     let mut y = vec![0f32; b * d.c_out * n];
     let par = inner_par(b);
+    if b < threads() {
+        // Fewer images than threads (a batch-1 decode): the im2col is split by input channel
+        // among the threads too, not only the gemm.
+        let (kk, plane) = (g.kernel * g.kernel, d.h * d.w);
+        let per = channels_per_thread(d.c_in);
+        let mut cols = vec![0f32; rows * n];
+        for (i, yb) in y.chunks_mut(d.c_out * n).enumerate() {
+            let xi = &x[i * img..][..img];
+            cols.par_chunks_mut(per * kk * n)
+                .enumerate()
+                .for_each(|(j, part)| {
+                    let sub = Dims {
+                        c_in: part.len() / (kk * n),
+                        ..*d
+                    };
+                    im2col(&xi[j * per * plane..][..sub.c_in * plane], &sub, g, part);
+                });
+            forward_image(&cols, w, yb, d, rows, par);
+        }
+        return y;
+    }
     y.par_chunks_mut(d.c_out * n).enumerate().for_each_init(
         || vec![0f32; rows * n],
         |cols, (i, yb)| {
@@ -257,6 +285,47 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
     let mut gx = vec![0f32; b * img];
+    if b < threads() {
+        // Fewer images than threads (a batch-1 decode): each thread takes a group of input
+        // channels, its rows of wᵀ · gy and their col2im, with no synchronisation between.
+        let (kk, plane) = (g.kernel * g.kernel, d.h * d.w);
+        let per = channels_per_thread(d.c_in);
+        for (i, gxb) in gx.chunks_mut(img).enumerate() {
+            let gy_i = &gy[i * d.c_out * n..][..d.c_out * n];
+            gxb.par_chunks_mut(per * plane)
+                .enumerate()
+                .for_each(|(j, part)| {
+                    let sub = Dims {
+                        c_in: part.len() / plane,
+                        ..*d
+                    };
+                    let sub_rows = sub.c_in * kk;
+                    let mut cols = vec![0f32; sub_rows * n];
+                    let lhs = Mat {
+                        ptr: w[j * per * kk..].as_ptr(),
+                        rs: 1,
+                        cs: rows as isize,
+                    };
+                    let rhs = Mat {
+                        ptr: gy_i.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    };
+                    matmul(
+                        &mut cols,
+                        sub_rows,
+                        n,
+                        d.c_out,
+                        lhs,
+                        rhs,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    col2im(&cols, &sub, g, part);
+                });
+        }
+        return gx;
+    }
     let par = inner_par(b);
     gx.par_chunks_mut(img).enumerate().for_each_init(
         || vec![0f32; rows * n],

@@ -50,3 +50,16 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// Fixes the CPU thread count for the whole process: sets `RAYON_NUM_THREADS` to candle's
+/// default (the CPUs this process may use) unless the user set it. candle asks for its
+/// thread count on every matmul and re-reads the CPU mask from `/proc` and `/sys` each time
+/// unless that variable is set: a tenth of a batch-1 decode went to formatting `/proc` files
+/// (perf). Returns the count. Call once at start-up, before other threads run.
+pub fn pin_thread_count() -> usize {
+    let n = candle_core::utils::get_num_threads();
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    n
+}

@@ -4,6 +4,7 @@
 use super::ConvGeom;
 
 /// Rows of the im2col matrix: `c * k * k`; columns: `ho * wo`.
+#[derive(Clone, Copy)]
 pub(super) struct Dims {
     pub(super) c_in: usize,
     pub(super) h: usize,
