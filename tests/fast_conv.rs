@@ -202,6 +202,46 @@ fn batch_of_one_matches_native_with_gradients() {
     }
 }
 
+/// Weight gradients over 1024+ pixels per image take the dot-product kernel (conv::dot):
+/// output channels not a multiple of its groups of 4, rows not a multiple of its blocks, a
+/// pixel count not a multiple of 8; for a conv and for a transposed conv's backward.
+#[test]
+fn weight_gradients_by_dot_products_match_native() {
+    let same = ConvGeom {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    for c_out in [6, 3, 1] {
+        let x = Var::from_tensor(&rand(&[2, 5, 33, 33], 40 + c_out as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, 5, 3, 3], 50 + c_out as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), same).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap();
+        let what = format!("conv2d 5->{c_out} on 33x33");
+        assert_matches_native(&ours, &native, &x, &w, 60 + c_out as u64, &what);
+    }
+    let up = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let x = Var::from_tensor(&rand(&[2, 6, 32, 32], 70)).unwrap();
+    let w = Var::from_tensor(&rand(&[6, 5, 4, 4], 71)).unwrap();
+    let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), up).unwrap();
+    let native = x
+        .as_tensor()
+        .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
+        .unwrap();
+    assert_matches_native(
+        &ours,
+        &native,
+        &x,
+        &w,
+        72,
+        "conv_transpose2d 6->5 32x32 -> 64x64",
+    );
+}
+
 #[test]
 fn leaky_relu_on_many_threads_matches_reference() {
     // above activation::SERIAL_BELOW values: the parallel path

@@ -114,13 +114,20 @@ pub fn run(a: &LayerArgs) -> Result<()> {
         "| layer (batch {b}) | shape | forward ms | fwd+bwd ms | GFLOP/s fwd+bwd |\n|---|---|---|---|---|"
     );
     let mut total = (0.0, 0.0);
-    for l in vae_layers(32) {
+    for (i, l) in vae_layers(32).into_iter().enumerate() {
         let x = Var::from_tensor(&Tensor::randn(
             0f32,
             1.0,
             (b, l.c_in, l.side, l.side),
             &dev,
         )?)?;
+        // As in training, the first layer's input (the image batch) needs no gradient.
+        let first = i == 0;
+        let x_in = if first {
+            x.as_tensor().detach()
+        } else {
+            x.as_tensor().clone()
+        };
         let k = l.geom.kernel;
         let (wshape, out_side) = if l.transposed {
             ((l.c_in, l.c_out, k, k), l.geom.transposed_out(l.side))
@@ -131,9 +138,9 @@ pub fn run(a: &LayerArgs) -> Result<()> {
         let bias = Var::from_tensor(&Tensor::zeros(l.c_out, candle_core::DType::F32, &dev)?)?;
         let fwd = || -> Result<Tensor> {
             let y = if l.transposed {
-                conv_transpose2d(x.as_tensor(), w.as_tensor(), l.geom)?
+                conv_transpose2d(&x_in, w.as_tensor(), l.geom)?
             } else {
-                conv2d(x.as_tensor(), w.as_tensor(), l.geom)?
+                conv2d(&x_in, w.as_tensor(), l.geom)?
             };
             Ok(add_bias(&y, bias.as_tensor())?)
         };
@@ -148,10 +155,12 @@ pub fn run(a: &LayerArgs) -> Result<()> {
             Ok(())
         })?;
         // multiply-adds of one pass: output pixels x c_out x c_in x k² (the smaller side's
-        // pixels for a transposed conv); forward + two backward kernels = 3 passes
+        // pixels for a transposed conv); forward + two backward kernels = 3 passes (2 for the
+        // first layer: no input gradient)
         let small_side = if l.transposed { l.side } else { out_side };
         let macs = (b * small_side * small_side * l.c_out * l.c_in * k * k) as f64;
-        let gflops = 3.0 * 2.0 * macs / (fb_ms * 1e-3) / 1e9;
+        let passes = if first { 2.0 } else { 3.0 };
+        let gflops = passes * 2.0 * macs / (fb_ms * 1e-3) / 1e9;
         total.0 += f_ms;
         total.1 += fb_ms;
         println!(

@@ -16,6 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+mod dot;
 mod mm;
 mod unfold;
 use mm::{matmul, matmul_into, Mat};
@@ -139,6 +140,12 @@ fn grad_weight_image(
     par: gemm::Parallelism,
 ) {
     let n = d.col_cols();
+    if dot::preferred(d.c_out, n) {
+        if !accumulate {
+            acc[..d.c_out * rows].fill(0.0);
+        }
+        return dot::nt_dots(gy_i, cols, d.c_out, rows, n, acc);
+    }
     let lhs = Mat {
         ptr: gy_i.as_ptr(),
         rs: n as isize,
