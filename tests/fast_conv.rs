@@ -242,6 +242,39 @@ fn weight_gradients_by_dot_products_match_native() {
     );
 }
 
+/// Stride-1 convolutions with at most 4 outputs run a direct kernel (conv::direct) in blocks
+/// of 24 output pixels per row: non-square inputs wider than a block with a ragged last
+/// block, padding 0 to 2, batch 1 (split by rows among threads) and batch 3 (by image).
+#[test]
+fn direct_stride_one_convolution_matches_native() {
+    for (i, &(b, c_in, h, w, c_out, k, p)) in [
+        (1usize, 5usize, 9usize, 37usize, 2usize, 3usize, 1usize),
+        (3, 5, 9, 37, 3, 3, 1),
+        (2, 4, 11, 30, 4, 4, 0),
+        (1, 2, 6, 50, 1, 5, 2),
+        (3, 16, 17, 64, 3, 3, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = ConvGeom {
+            kernel: k,
+            stride: 1,
+            padding: p,
+        };
+        let x = rand(&[b, c_in, h, w], 80 + i as u64);
+        let wt = rand(&[c_out, c_in, k, k], 90 + i as u64);
+        let ours = conv2d(&x, &wt, g).unwrap();
+        let native = x.conv2d(&wt, p, 1, 1, 1).unwrap();
+        assert_eq!(ours.dims(), native.dims());
+        let d = max_abs_diff(&ours, &native);
+        assert!(
+            d < 1e-4,
+            "{b}x{c_in}x{h}x{w} -> {c_out}, k {k} p {p}: differs by {d}"
+        );
+    }
+}
+
 #[test]
 fn leaky_relu_on_many_threads_matches_reference() {
     // above activation::SERIAL_BELOW values: the parallel path
