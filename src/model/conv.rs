@@ -96,25 +96,26 @@ fn inner_par(batch: usize) -> gemm::Parallelism {
     }
 }
 
-/// `y_i = w · cols_i` into one image's output `yb` (`[c_out, n]`).
+/// `out = w · cols` (`[c_out, m]`) for `cols` (`[rows, m]`, contiguous): one image (`m` its
+/// pixels) or a group of images side by side.
 ///
-/// Computed transposed, yᵀ[n, c_out] = colsᵀ[n, rows] · wᵀ[rows, c_out], written into y's
-/// [c_out, n] layout: both operands are then column-major for gemm and neither is re-packed
-/// per image (the weights were, once per image), and the kernel's long side is the n pixels
-/// rather than c_out (3 for an RGB output conv).
-fn forward_image(
+/// Computed transposed, outᵀ[m, c_out] = colsᵀ[m, rows] · wᵀ[rows, c_out], written into the
+/// [c_out, m] layout: both operands are then column-major for gemm, and the kernel's long
+/// side is the m pixels rather than c_out (3 for an RGB output conv).
+#[allow(clippy::too_many_arguments)]
+fn forward_cols(
     cols: &[f32],
+    m: usize,
     w: &[f32],
-    yb: &mut [f32],
-    d: &Dims,
+    out: &mut [f32],
+    c_out: usize,
     rows: usize,
     par: gemm::Parallelism,
 ) {
-    let n = d.col_cols();
     let lhs = Mat {
         ptr: cols.as_ptr(),
         rs: 1,
-        cs: n as isize,
+        cs: m as isize,
     };
     let rhs = Mat {
         ptr: w.as_ptr(),
@@ -122,42 +123,109 @@ fn forward_image(
         cs: rows as isize,
     };
     let layout = Mat {
-        ptr: yb.as_ptr(),
+        ptr: out.as_ptr(),
         rs: 1,
-        cs: n as isize,
+        cs: m as isize,
     };
-    matmul_into(yb, layout, n, d.c_out, rows, lhs, rhs, false, par);
+    matmul_into(out, layout, m, c_out, rows, lhs, rhs, false, par);
 }
 
-/// `acc (+)= gy_i · cols_iᵀ` (`[c_out, n] x [n, rows]`): one image's share of ∂/∂w.
+/// `acc (+)= gy · colsᵀ` (`[c_out, m] x [m, rows]`) over `m` pixels (one image or a group):
+/// their share of ∂/∂w.
 #[allow(clippy::too_many_arguments)]
-fn grad_weight_image(
-    gy_i: &[f32],
+fn grad_weight_cols(
+    gy: &[f32],
     cols: &[f32],
+    m: usize,
     acc: &mut [f32],
-    d: &Dims,
+    c_out: usize,
     rows: usize,
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
-    let n = d.col_cols();
-    if dot::preferred(d.c_out, n) {
+    if dot::preferred(c_out, m) {
         if !accumulate {
-            acc[..d.c_out * rows].fill(0.0);
+            acc[..c_out * rows].fill(0.0);
         }
-        return dot::nt_dots(gy_i, cols, d.c_out, rows, n, acc);
+        return dot::nt_dots(gy, cols, c_out, rows, m, acc);
     }
     let lhs = Mat {
-        ptr: gy_i.as_ptr(),
-        rs: n as isize,
+        ptr: gy.as_ptr(),
+        rs: m as isize,
         cs: 1,
     };
     let rhs = Mat {
         ptr: cols.as_ptr(),
         rs: 1,
-        cs: n as isize,
+        cs: m as isize,
     };
-    matmul(acc, d.c_out, rows, n, lhs, rhs, accumulate, par);
+    matmul(acc, c_out, rows, m, lhs, rhs, accumulate, par);
+}
+
+/// Pixels one gemm should span at least: layers with fewer per image (8x8 and 4x4 maps)
+/// process images in groups side by side, so that their weights (up to 2 MB, past the L2
+/// cache) are streamed once per group instead of once per image, and their weight-gradient
+/// accumulator is read and written once per group.
+const GROUP_PIXELS: usize = 256;
+
+/// Images per group for `n` pixels per image.
+fn group_size(n: usize) -> usize {
+    GROUP_PIXELS.div_ceil(n.max(1))
+}
+
+/// im2col of `cnt` images of `x` from image `i0`, side by side: `cols` `[rows, cnt * n]`.
+fn im2col_group(x: &[f32], i0: usize, cnt: usize, d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
+    let (img, n) = (d.c_in * d.h * d.w, d.col_cols());
+    for j in 0..cnt {
+        im2col(
+            &x[(i0 + j) * img..][..img],
+            d,
+            g,
+            &mut cols[j * n..],
+            cnt * n,
+        );
+    }
+}
+
+/// `cnt` per-image `[c, n]` blocks from image `i0` of `src` → one `[c, cnt * n]` matrix.
+fn gather(src: &[f32], i0: usize, cnt: usize, c: usize, n: usize, dst: &mut Vec<f32>) {
+    dst.resize(c * cnt * n, 0.0);
+    for j in 0..cnt {
+        for ch in 0..c {
+            dst[(ch * cnt + j) * n..][..n].copy_from_slice(&src[((i0 + j) * c + ch) * n..][..n]);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: `[c, cnt * n]` → `cnt` consecutive `[c, n]` blocks of `dst`.
+fn scatter(src: &[f32], cnt: usize, c: usize, n: usize, dst: &mut [f32]) {
+    for j in 0..cnt {
+        for ch in 0..c {
+            dst[(j * c + ch) * n..][..n].copy_from_slice(&src[(ch * cnt + j) * n..][..n]);
+        }
+    }
+}
+
+/// `y = w · cols` for a group of `cnt` images into their consecutive outputs `ychunk`
+/// (through `tmp` and [`scatter`] when `cnt > 1`).
+#[allow(clippy::too_many_arguments)]
+fn forward_group(
+    cols: &[f32],
+    cnt: usize,
+    w: &[f32],
+    ychunk: &mut [f32],
+    tmp: &mut Vec<f32>,
+    d: &Dims,
+    rows: usize,
+    par: gemm::Parallelism,
+) {
+    let m = cnt * d.col_cols();
+    if cnt == 1 {
+        return forward_cols(cols, m, w, ychunk, d.c_out, rows, par);
+    }
+    tmp.resize(d.c_out * m, 0.0);
+    forward_cols(cols, m, w, tmp, d.c_out, rows, par);
+    scatter(tmp, cnt, d.c_out, d.col_cols(), ychunk);
 }
 
 /// Channels per group when one image's `c` channels are split among the threads.
@@ -173,8 +241,8 @@ fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
         forward_direct(x, w, b, d, g, &mut y);
         return y;
     }
-    let par = inner_par(b);
     if b < threads() {
+        let par = inner_par(b);
         // Fewer images than threads (a batch-1 decode): the im2col is split by input channel
         // among the threads too, not only the gemm.
         let (kk, plane) = (g.kernel * g.kernel, d.h * d.w);
@@ -189,19 +257,24 @@ fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
                         c_in: part.len() / (kk * n),
                         ..*d
                     };
-                    im2col(&xi[j * per * plane..][..sub.c_in * plane], &sub, g, part);
+                    im2col(&xi[j * per * plane..][..sub.c_in * plane], &sub, g, part, n);
                 });
-            forward_image(&cols, w, yb, d, rows, par);
+            forward_cols(&cols, n, w, yb, d.c_out, rows, par);
         }
         return y;
     }
-    y.par_chunks_mut(d.c_out * n).enumerate().for_each_init(
-        || vec![0f32; rows * n],
-        |cols, (i, yb)| {
-            im2col(&x[i * img..][..img], d, g, cols);
-            forward_image(cols, w, yb, d, rows, par);
-        },
-    );
+    let nb = group_size(n);
+    let par = inner_par(b.div_ceil(nb));
+    y.par_chunks_mut(nb * d.c_out * n)
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; rows * nb * n], Vec::new()),
+            |(cols, tmp), (gi, ychunk)| {
+                let cnt = ychunk.len() / (d.c_out * n);
+                im2col_group(x, gi * nb, cnt, d, g, cols);
+                forward_group(cols, cnt, w, ychunk, tmp, d, rows, par);
+            },
+        );
     y
 }
 
@@ -254,22 +327,30 @@ fn forward_and_grad_weight(
     g: &ConvGeom,
 ) -> (Vec<f32>, Vec<f32>) {
     let (rows, n) = (d.col_rows(g), d.col_cols());
-    let (img, out) = (d.c_in * d.h * d.w, d.c_out * n);
+    let out = d.c_out * n;
     let mut y = vec![0f32; b * out];
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
     let par = inner_par(chunks);
+    let nb = group_size(n).min(per);
     let partial: Vec<Vec<f32>> = y
         .par_chunks_mut(per * out)
         .enumerate()
         .map(|(c, ychunk)| {
             let mut acc = vec![0f32; d.c_out * rows];
-            let mut cols = vec![0f32; rows * n];
-            for (j, yb) in ychunk.chunks_mut(out).enumerate() {
-                let i = c * per + j;
-                im2col(&x[i * img..][..img], d, g, &mut cols);
-                forward_image(&cols, w, yb, d, rows, par);
-                grad_weight_image(&gy[i * out..][..out], &cols, &mut acc, d, rows, j > 0, par);
+            let mut cols = vec![0f32; rows * nb * n];
+            let (mut tmp, mut gyg) = (Vec::new(), Vec::new());
+            for (j, yg) in ychunk.chunks_mut(nb * out).enumerate() {
+                let (i0, cnt) = (c * per + j * nb, yg.len() / out);
+                im2col_group(x, i0, cnt, d, g, &mut cols);
+                forward_group(&cols, cnt, w, yg, &mut tmp, d, rows, par);
+                let gy_g = if cnt == 1 {
+                    &gy[i0 * out..][..out]
+                } else {
+                    gather(gy, i0, cnt, d.c_out, n, &mut gyg);
+                    &gyg[..]
+                };
+                grad_weight_cols(gy_g, &cols, cnt * n, &mut acc, d.c_out, rows, j > 0, par);
             }
             acc
         })
@@ -371,28 +452,48 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
                         false,
                         gemm::Parallelism::None,
                     );
-                    col2im(&cols, &sub, g, part);
+                    col2im(&cols, &sub, g, part, n);
                 });
         }
         return gx;
     }
-    let par = inner_par(b);
-    gx.par_chunks_mut(img).enumerate().for_each_init(
-        || vec![0f32; rows * n],
-        |cols, (i, gxb)| {
-            // cols = wᵀ · gy_i : [rows, c_out] x [c_out, n]
+    let nb = group_size(n);
+    let par = inner_par(b.div_ceil(nb));
+    gx.par_chunks_mut(nb * img).enumerate().for_each_init(
+        || (vec![0f32; rows * nb * n], Vec::new()),
+        |(cols, gyg), (gi, gxchunk)| {
+            let (i0, cnt) = (gi * nb, gxchunk.len() / img);
+            let m = cnt * n;
+            let gy_g = if cnt == 1 {
+                &gy[i0 * d.c_out * n..][..d.c_out * n]
+            } else {
+                gather(gy, i0, cnt, d.c_out, n, gyg);
+                &gyg[..]
+            };
+            // cols = wᵀ · gy : [rows, c_out] x [c_out, m]
             let lhs = Mat {
                 ptr: w.as_ptr(),
                 rs: 1,
                 cs: rows as isize,
             };
             let rhs = Mat {
-                ptr: gy[i * d.c_out * n..].as_ptr(),
-                rs: n as isize,
+                ptr: gy_g.as_ptr(),
+                rs: m as isize,
                 cs: 1,
             };
-            matmul(cols, rows, n, d.c_out, lhs, rhs, false, par);
-            col2im(cols, d, g, gxb);
+            matmul(
+                &mut cols[..rows * m],
+                rows,
+                m,
+                d.c_out,
+                lhs,
+                rhs,
+                false,
+                par,
+            );
+            for (j, gxb) in gxchunk.chunks_mut(img).enumerate() {
+                col2im(&cols[j * n..], d, g, gxb, m);
+            }
         },
     );
     gx
@@ -400,26 +501,29 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
 
 fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
-    let (img, out) = (d.c_in * d.h * d.w, d.c_out * n);
+    let out = d.c_out * n;
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
     let par = inner_par(chunks);
+    let nb = group_size(n).min(per);
     let partial: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; d.c_out * rows];
-            let mut cols = vec![0f32; rows * n];
-            for i in (c * per)..((c + 1) * per).min(b) {
-                im2col(&x[i * img..][..img], d, g, &mut cols);
-                grad_weight_image(
-                    &gy[i * out..][..out],
-                    &cols,
-                    &mut acc,
-                    d,
-                    rows,
-                    i > c * per,
-                    par,
-                );
+            let mut cols = vec![0f32; rows * nb * n];
+            let mut gyg = Vec::new();
+            let (start, end) = (c * per, ((c + 1) * per).min(b));
+            for i0 in (start..end).step_by(nb) {
+                let cnt = nb.min(end - i0);
+                im2col_group(x, i0, cnt, d, g, &mut cols);
+                let gy_g = if cnt == 1 {
+                    &gy[i0 * out..][..out]
+                } else {
+                    gather(gy, i0, cnt, d.c_out, n, &mut gyg);
+                    &gyg[..]
+                };
+                let first = i0 == start;
+                grad_weight_cols(gy_g, &cols, cnt * n, &mut acc, d.c_out, rows, !first, par);
             }
             acc
         })

@@ -110,11 +110,12 @@ fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
     }
 }
 
-/// Unfolds one image `x` (`[c_in, h, w]`) into `cols` (`[c_in*k*k, ho*wo]`).
+/// Unfolds one image `x` (`[c_in, h, w]`) into `cols` (`[c_in*k*k, ho*wo]`, rows `ld`
+/// apart: several images side by side when `ld` is a multiple of `ho*wo`).
 ///
 /// Strided convolutions first split each channel into its stride phases ([`to_planes`]), so
 /// that every tap becomes a contiguous row copy instead of a strided gather.
-pub(super) fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
+pub(super) fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32], ld: usize) {
     let (k, s) = (g.kernel, g.stride);
     let n = d.col_cols();
     let (hp, wp) = plane_dims(d, s);
@@ -139,7 +140,7 @@ pub(super) fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
                 let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
                 let (rx, dx) = tap_phase(kj, g);
                 let plane = &src[(ry * s + rx) * hp * wp..]; // s = 1: one plane, the channel
-                let row = &mut cols[((c * k + ki) * k + kj) * n..][..n];
+                let row = &mut cols[((c * k + ki) * k + kj) * ld..][..n];
                 for oy in 0..d.ho {
                     let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
                     if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
@@ -158,11 +159,12 @@ pub(super) fn im2col(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32]) {
     }
 }
 
-/// Folds `cols` (`[c_in*k*k, ho*wo]`) back into one image `x` (`[c_in, h, w]`), summing overlaps.
+/// Folds `cols` (`[c_in*k*k, ho*wo]`, rows `ld` apart) back into one image `x`
+/// (`[c_in, h, w]`), summing overlaps.
 ///
 /// Strided convolutions accumulate into the stride phases of each channel (contiguous adds)
 /// and interleave them once at the end ([`from_planes`]).
-pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32]) {
+pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
     let (k, s) = (g.kernel, g.stride);
     let n = d.col_cols();
     let (hp, wp) = plane_dims(d, s);
@@ -190,7 +192,7 @@ pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32]) {
                 }
                 let (rx, dx) = tap_phase(kj, g);
                 let plane_at = (ry * s + rx) * hp * wp; // 0 when s = 1
-                let row = &cols[((c * k + ki) * k + kj) * n..][..n];
+                let row = &cols[((c * k + ki) * k + kj) * ld..][..n];
                 let b0 = (ox_lo as isize + dx) as usize;
                 for oy in oy_lo..oy_hi {
                     let a = (oy as isize + dy) as usize;
