@@ -87,8 +87,10 @@ fn fused_batch_norm_rejects_non_4d_input() {
 #[test]
 fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
     use latent_atlas::model::channel_op::{
-        add_bias, channel_affine, reference_add_bias, reference_channel_affine,
+        add_bias, add_bias_leaky, channel_affine, channel_affine_leaky, reference_add_bias,
+        reference_channel_affine,
     };
+    let leaky = |v: Tensor| v.maximum(&(&v * 0.2).unwrap()).unwrap();
     // the first runs on several threads, the others (under SERIAL_BELOW values) on one
     for &(b, c, h, w) in &[
         (2usize, 5usize, 128usize, 128usize),
@@ -106,7 +108,7 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
         let r =
             Tensor::from_vec(pseudo_random(n, 98, 2.0, 0.3), (b, c, h, w), &Device::Cpu).unwrap();
         type Op<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor;
-        let cases: [(&str, Op, Op); 2] = [
+        let cases: [(&str, Op, Op); 4] = [
             ("bias", &|x, _s, t| add_bias(x, t).unwrap(), &|x, _s, t| {
                 reference_add_bias(x, t).unwrap()
             }),
@@ -114,6 +116,16 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
                 "affine",
                 &|x, s, t| channel_affine(x, s, t).unwrap(),
                 &|x, s, t| reference_channel_affine(x, s, t).unwrap(),
+            ),
+            (
+                "bias+leaky",
+                &|x, _s, t| add_bias_leaky(x, t, 0.2).unwrap(),
+                &|x, _s, t| leaky(reference_add_bias(x, t).unwrap()),
+            ),
+            (
+                "affine+leaky",
+                &|x, s, t| channel_affine_leaky(x, s, t, 0.2).unwrap(),
+                &|x, s, t| leaky(reference_channel_affine(x, s, t).unwrap()),
             ),
         ];
         for (name, fast, slow) in cases {
@@ -155,7 +167,7 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
                         let d = max_abs_diff(p, q);
                         assert!(d < tol, "{name} {b}x{c}x{h}x{w}: d{what} differs by {d}");
                     }
-                    (None, None) => assert_eq!((name, what), ("bias", "scale")),
+                    (None, None) => assert!(name.starts_with("bias") && what == "scale"),
                     (p, q) => panic!(
                         "{name}: d{what} present fused {} / reference {}",
                         p.is_some(),
@@ -169,7 +181,9 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
 
 #[test]
 fn fused_channel_ops_reject_mismatched_shapes() {
-    use latent_atlas::model::channel_op::{add_bias, channel_affine};
+    use latent_atlas::model::channel_op::{
+        add_bias, add_bias_leaky, channel_affine, channel_affine_leaky,
+    };
     let x = Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     let wrong = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
     let right = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -177,6 +191,31 @@ fn fused_channel_ops_reject_mismatched_shapes() {
     assert!(e.contains("add_bias") && e.contains("3 channels"), "{e}");
     let e = channel_affine(&x, &right, &wrong).unwrap_err().to_string();
     assert!(e.contains("channel_affine"), "{e}");
+    let e = add_bias_leaky(&x, &wrong, 0.2).unwrap_err().to_string();
+    assert!(
+        e.contains("add_bias_leaky") && e.contains("3 channels"),
+        "{e}"
+    );
+    let e = channel_affine_leaky(&x, &wrong, &right, 0.2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("channel_affine_leaky"), "{e}");
+    // A slope the fused op cannot take (0: a plain ReLU) goes through the unfused ops.
+    let v = Tensor::new(&[-1f32, 2.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 1, 1))
+        .unwrap();
+    let y = add_bias_leaky(
+        &v,
+        &Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap(),
+        0.0,
+    )
+    .unwrap()
+    .flatten_all()
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap();
+    assert_eq!(y, vec![0.0, 1.5]);
 }
 
 #[test]

@@ -111,6 +111,12 @@ impl CustomOp2 for LeakyGrad {
     }
 }
 
+/// `g * (x > 0 ? 1 : slope)`: the leaky ReLU's input gradient for incoming `g` at `x` (or at
+/// the output, which has the same sign for a positive slope). No gradient of its own.
+pub(crate) fn leaky_grad(g: &Tensor, x: &Tensor, slope: f32) -> Result<Tensor> {
+    g.apply_op2_no_bwd(&x.contiguous()?, &LeakyGrad(slope))
+}
+
 /// Leaky ReLU `x > 0 ? x : slope * x`, any shape. Fused on the CPU, two candle ops elsewhere.
 pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {

@@ -110,15 +110,29 @@ fn affine_rows(
     c: usize,
     hw: usize,
 ) -> Vec<f32> {
+    affine_leaky_rows(x, scale, shift, c, hw, 1.0)
+}
+
+/// [`affine_rows`] followed by a leaky ReLU with `slope` (1: none), in the same pass.
+fn affine_leaky_rows(
+    x: &[f32],
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    c: usize,
+    hw: usize,
+    slope: f32,
+) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let hw = hw.max(1);
-    super::activation::map_chunks(&mut y, hw, |k, y| {
+    super::activation::map_chunks(&mut y, hw, move |k, y| {
         let x = &x[k * hw..][..y.len()];
         let ch = k % c;
         let s = scale.map_or(1.0, |s| s[ch]);
         let t = shift.map_or(0.0, |t| t[ch]);
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = v * s + t;
+            let v = v * s + t;
+            // a select and a multiply, no branch (vectorises); NaN stays NaN
+            *o = v * if v > 0.0 { 1.0 } else { slope };
         }
     });
     y
@@ -259,6 +273,130 @@ impl CustomOp2 for ChannelSums2 {
             CpuStorage::F32(channel_sums(g, Some(x), b, c, hw)),
             Shape::from(2 * c),
         ))
+    }
+}
+
+/// `leaky(x + bias_c)` with the slope inside.
+struct BiasLeaky(f32);
+/// `leaky(x * scale_c + shift_c)` with the slope inside.
+struct AffineLeaky(f32);
+
+impl CustomOp2 for BiasLeaky {
+    fn name(&self) -> &'static str {
+        "fast-add-bias-leaky-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("add_bias_leaky", s1, l1)?;
+        let (_, c, hw) = bchw("add_bias_leaky", l1)?;
+        let bias = channel_vector("add_bias_leaky", s2, l2, c)?;
+        Ok((
+            CpuStorage::F32(affine_leaky_rows(x, None, Some(bias), c, hw, self.0)),
+            l1.shape().clone(),
+        ))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With a positive slope the output has the sign of the pre-activation.
+        let gv = super::activation::leaky_grad(&grad.contiguous()?, res, self.0)?;
+        let gb = gv.apply_op1_no_bwd(&ChannelSum)?;
+        Ok((Some(gv), Some(gb)))
+    }
+}
+
+impl CustomOp3 for AffineLeaky {
+    fn name(&self) -> &'static str {
+        "fast-channel-affine-leaky-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("channel_affine_leaky", s1, l1)?;
+        let (_, c, hw) = bchw("channel_affine_leaky", l1)?;
+        let scale = channel_vector("channel_affine_leaky", s2, l2, c)?;
+        let shift = channel_vector("channel_affine_leaky", s3, l3, c)?;
+        Ok((
+            CpuStorage::F32(affine_leaky_rows(
+                x,
+                Some(scale),
+                Some(shift),
+                c,
+                hw,
+                self.0,
+            )),
+            l1.shape().clone(),
+        ))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gv = super::activation::leaky_grad(&grad.contiguous()?, res, self.0)?;
+        let c = scale.elem_count();
+        let gx = gv.apply_op2_no_bwd(scale, &ScaleRows)?;
+        let sums = gv.apply_op2_no_bwd(&x.contiguous()?, &ChannelSums2)?;
+        let gshift = sums.narrow(0, 0, c)?;
+        let gscale = sums.narrow(0, c, c)?;
+        Ok((Some(gx), Some(gscale), Some(gshift)))
+    }
+}
+
+/// Slopes the fused activations accept: the output's sign must be the pre-activation's.
+fn fusable_slope(slope: f32) -> bool {
+    slope > 0.0 && slope.is_finite()
+}
+
+/// `leaky_relu(x + bias[c], slope)` for `x` `[B, C, H, W]`: one fused op on the CPU (f32,
+/// `slope > 0`; one pass forward, and no intermediate tensor whose gradient candle would
+/// accumulate), [`add_bias`] then the leaky ReLU elsewhere.
+pub fn add_bias_leaky(x: &Tensor, bias: &Tensor, slope: f32) -> Result<Tensor> {
+    if fused(x) && bias.dtype() == DType::F32 && fusable_slope(slope) {
+        x.contiguous()?
+            .apply_op2(&bias.contiguous()?, BiasLeaky(slope))
+    } else {
+        super::activation::leaky_relu(&add_bias(x, bias)?, slope)
+    }
+}
+
+/// `leaky_relu(x * scale[c] + shift[c], slope)`: fused like [`add_bias_leaky`].
+pub fn channel_affine_leaky(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    slope: f32,
+) -> Result<Tensor> {
+    if fused(x)
+        && scale.dtype() == DType::F32
+        && shift.dtype() == DType::F32
+        && fusable_slope(slope)
+    {
+        x.contiguous()?.apply_op3(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            AffineLeaky(slope),
+        )
+    } else {
+        super::activation::leaky_relu(&channel_affine(x, scale, shift)?, slope)
     }
 }
 

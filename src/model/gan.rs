@@ -12,7 +12,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::layers::{leaky, linear, BatchNorm, Conv, ConvT};
+use super::layers::{linear, BatchNorm, Conv, ConvT};
 use super::vae::{decoder_widths, upsampling_stack, ConvEncoder};
 
 /// A conv stack and a dense head: the recoder (`rec.*`).
@@ -60,9 +60,9 @@ impl Discriminator {
     }
     /// `[n, 3, 64, 64]` → logits `[n, 1]` (batch statistics).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = leaky(&self.convs[0].forward(x)?)?;
+        let mut h = self.convs[0].forward_leaky(x)?;
         for (conv, norm) in self.convs[1..].iter().zip(&self.norms) {
-            h = leaky(&norm.forward_train(&conv.forward(&h)?)?)?;
+            h = norm.forward_train_leaky(&conv.forward(&h)?)?;
         }
         self.head.forward(&h.flatten_from(1)?)
     }
@@ -115,16 +115,15 @@ impl Generator {
         let n = z.dim(0)?;
         let mut stats = Vec::new();
         let norm = |i: usize, h: &Tensor, stats: &mut BatchStats| -> Result<Tensor> {
-            let y = match mode {
-                NormMode::Running => self.norms[i].forward_eval(h)?,
-                NormMode::Batch => self.norms[i].forward_train(h)?,
+            Ok(match mode {
+                NormMode::Running => self.norms[i].forward_eval_leaky(h)?,
+                NormMode::Batch => self.norms[i].forward_train_leaky(h)?,
                 NormMode::BatchWithStats => {
-                    let (y, m, v) = self.norms[i].forward_batch(h)?;
+                    let (y, m, v) = self.norms[i].forward_batch_leaky(h)?;
                     stats.push((m, v));
                     y
                 }
-            };
-            leaky(&y)
+            })
         };
         let mut h = norm(
             0,

@@ -46,6 +46,14 @@ impl Module for Conv {
     }
 }
 
+impl Conv {
+    /// `leaky(forward(x))` with the bias and the activation in one fused op.
+    pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv::conv2d(x, &self.weight, self.geom)?;
+        channel_op::add_bias_leaky(&y, &self.bias, LEAKY_SLOPE)
+    }
+}
+
 /// Transposed convolution with bias; weight `[Ci, Co, k, k]` (PyTorch layout).
 #[derive(Clone, Debug)]
 pub struct ConvT {
@@ -84,6 +92,17 @@ impl Module for ConvT {
     }
 }
 
+impl ConvT {
+    /// `leaky(forward(x))` with the bias and the activation in one fused op.
+    pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv::conv_transpose2d(x, &self.weight, self.geom)?;
+        match &self.bias {
+            Some(b) => channel_op::add_bias_leaky(&y, b, LEAKY_SLOPE),
+            None => leaky(&y),
+        }
+    }
+}
+
 /// Dense layer `y = x Wᵀ + b`; weight `[out, in]`.
 pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<candle_nn::Linear> {
     let weight = vb.get((d_out, d_in), "weight")?;
@@ -93,8 +112,11 @@ pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<candle_nn::Li
 
 /// Leaky ReLU with slope 0.2 (the paper's α), fused on the CPU.
 pub fn leaky(x: &Tensor) -> Result<Tensor> {
-    super::activation::leaky_relu(x, 0.2)
+    super::activation::leaky_relu(x, LEAKY_SLOPE)
 }
+
+/// The negative slope of every leaky ReLU in the conv models (the paper's α = 0.2).
+pub const LEAKY_SLOPE: f32 = 0.2;
 
 /// Per-channel affine `x * scale + shift` for `[B, C, H, W]` (an eval-mode batch norm).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
@@ -142,6 +164,25 @@ impl BatchNorm {
         let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
         Ok((self.forward_train(x)?, mean, var))
     }
+    /// [`BatchNorm::forward_batch`] followed by the leaky ReLU, fused into the affine step.
+    pub fn forward_batch_leaky(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
+        Ok((self.forward_train_leaky(x)?, mean, var))
+    }
+    /// [`BatchNorm::forward_train`] followed by the leaky ReLU, fused into the affine step.
+    pub fn forward_train_leaky(&self, x: &Tensor) -> Result<Tensor> {
+        channel_op::channel_affine_leaky(
+            &super::batchnorm_op::batch_normalize(x, BN_EPS)?,
+            &self.weight,
+            &self.bias,
+            LEAKY_SLOPE,
+        )
+    }
+    /// [`BatchNorm::forward_eval`] followed by the leaky ReLU, fused into the affine step.
+    pub fn forward_eval_leaky(&self, x: &Tensor) -> Result<Tensor> {
+        let (scale, shift) = self.eval_affine()?;
+        channel_op::channel_affine_leaky(x, &scale, &shift, LEAKY_SLOPE)
+    }
     /// Normalises with the batch statistics (training), through the fused
     /// [`super::batchnorm_op::batch_normalize`]; same result as [`BatchNorm::forward_batch`]'s
     /// output without computing the statistics as tensors.
@@ -154,9 +195,14 @@ impl BatchNorm {
     }
     /// Normalises with the running statistics (inference).
     pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let (scale, shift) = self.eval_affine()?;
+        channel_affine(x, &scale, &shift)
+    }
+    /// The per-channel scale and shift that apply the running statistics.
+    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
         let scale = ((&self.running_var + BN_EPS)?.sqrt()?.recip()? * &self.weight)?;
         let shift = (&self.bias - (&self.running_mean * &scale)?)?;
-        channel_affine(x, &scale, &shift)
+        Ok((scale, shift))
     }
     /// Writes new running statistics into this layer's variables in `varmap`.
     pub fn set_running(

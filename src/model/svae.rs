@@ -90,7 +90,7 @@ impl Svae {
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for (i, conv) in self.down.iter().enumerate() {
-            h = leaky(&conv.forward(&h)?)?;
+            h = conv.forward_leaky(&h)?;
             for (_, r) in self.enc_res.iter().filter(|(at, _)| *at == i) {
                 h = r.forward(&h)?;
             }
@@ -104,7 +104,7 @@ impl Svae {
         let n = z.dim(0)?;
         let mut h = leaky(&self.fc.forward(z)?)?.reshape((n, 8 * self.c, 4, 4))?;
         for (i, up) in self.ups.iter().enumerate() {
-            h = leaky(&up.forward(&h)?)?;
+            h = up.forward_leaky(&h)?;
             for (_, r) in self.dec_res.iter().filter(|(at, _)| *at == i) {
                 h = r.forward(&h)?;
             }

@@ -35,7 +35,7 @@ impl ConvEncoder {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for conv in &self.convs {
-            h = leaky(&conv.forward(&h)?)?;
+            h = conv.forward_leaky(&h)?;
         }
         h.flatten_from(1)
     }
@@ -90,7 +90,7 @@ impl ConvDecoder {
         let n = z.dim(0)?;
         let mut h = leaky(&self.dense.forward(z)?)?.reshape((n, 8 * self.c, 4, 4))?;
         for up in &self.ups {
-            h = leaky(&up.forward(&h)?)?;
+            h = up.forward_leaky(&h)?;
         }
         self.out.forward(&h)
     }
