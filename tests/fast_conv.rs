@@ -275,6 +275,33 @@ fn direct_stride_one_convolution_matches_native() {
     }
 }
 
+/// Even sides with "same"-style padding make each tap's im2col row one shifted block copy
+/// (unfold::tap_as_block): stride 2 (4x4 and 3x3, padding 1) and stride 1 (3x3 and 5x5),
+/// square with gradients and non-square for the forward.
+#[test]
+fn block_copied_taps_match_native() {
+    for (i, &(k, s, p)) in [(4, 2, 1), (3, 2, 1), (3, 1, 1), (5, 1, 2), (2, 2, 0)]
+        .iter()
+        .enumerate()
+    {
+        let g = ConvGeom {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+        let seed = 110 + i as u64;
+        let x = Var::from_tensor(&rand(&[3, 6, 16, 16], seed)).unwrap();
+        let w = Var::from_tensor(&rand(&[5, 6, k, k], seed + 20)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
+        assert_matches_native(&ours, &native, &x, &w, seed + 40, &format!("16x16 {g:?}"));
+        let xr = rand(&[2, 6, 12, 20], seed + 60);
+        let ours = conv2d(&xr, w.as_tensor(), g).unwrap();
+        let native = xr.conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
+        assert!(max_abs_diff(&ours, &native) < 1e-4, "12x20 {g:?}");
+    }
+}
+
 #[test]
 fn leaky_relu_on_many_threads_matches_reference() {
     // above activation::SERIAL_BELOW values: the parallel path

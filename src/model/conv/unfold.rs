@@ -24,6 +24,7 @@ impl Dims {
 }
 
 /// Range of output positions `o` whose input position `o * s + tap - p` lies in `0..len`.
+#[inline(always)]
 fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, usize) {
     let (s, p) = (g.stride as isize, g.padding as isize);
     let off = tap as isize - p;
@@ -45,6 +46,7 @@ fn plane_dims(d: &Dims, s: usize) -> (usize, usize) {
 
 /// Where tap `tap` of output position `o` lands in the phase planes:
 /// input position `o * s + tap - p = (o + shift) * s + phase`.
+#[inline(always)]
 fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
     let q = tap as isize - g.padding as isize;
     let s = g.stride as isize;
@@ -172,6 +174,11 @@ fn im2col_impl(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32], ld: usize) {
                 let (rx, dx) = tap_phase(kj, g);
                 let plane = &src[(ry * s + rx) * hp * wp..]; // s = 1: one plane, the channel
                 let row = &mut cols[((c * k + ki) * k + kj) * ld..][..n];
+                if src_rows_len == d.wo {
+                    let rows = (oy_lo, oy_hi, dy);
+                    tap_as_block(plane, row, d.wo, rows, (ox_lo, ox_hi, dx));
+                    continue;
+                }
                 for oy in 0..d.ho {
                     let dst = &mut row[oy * d.wo..(oy + 1) * d.wo];
                     if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
@@ -185,6 +192,48 @@ fn im2col_impl(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32], ld: usize) {
                     dst[ox_hi..].fill(0.0);
                     dst[ox_lo..ox_hi].copy_from_slice(&src_row[b0..b0 + (ox_hi - ox_lo)]);
                 }
+            }
+        }
+    }
+}
+
+/// One tap's im2col row when the source rows are as long as the output rows (stride-phase
+/// planes of a stride-2 conv with padding 1, or a same-padded stride-1 conv): the valid output
+/// rows are the source shifted by `dy * wo + dx`, so one contiguous copy, then the columns the
+/// shift wrapped around (at most `ox_lo` and `wo - ox_hi` per row) and the invalid rows are
+/// zeroed. Replaces a copy and two fills per output row: the taps of 4x4 and 8x8 maps are
+/// 3-8 values, where the calls cost more than the copying.
+#[inline(always)]
+fn tap_as_block(
+    plane: &[f32],
+    row: &mut [f32],
+    wo: usize,
+    (oy_lo, oy_hi, dy): (usize, usize, isize),
+    (ox_lo, ox_hi, dx): (usize, usize, isize),
+) {
+    if oy_lo >= oy_hi || ox_lo >= ox_hi {
+        row.fill(0.0);
+        return;
+    }
+    row[..oy_lo * wo].fill(0.0);
+    row[oy_hi * wo..].fill(0.0);
+    let block = &mut row[oy_lo * wo..oy_hi * wo];
+    // flat source index of block[j] is start + j; clip to the source (the clipped ends are
+    // wrapped columns, zeroed below)
+    let start = (oy_lo as isize + dy) * wo as isize + dx;
+    let j0 = (-start).clamp(0, block.len() as isize) as usize;
+    let j1 = (plane.len() as isize - start).clamp(j0 as isize, block.len() as isize) as usize;
+    let from = (start + j0 as isize) as usize;
+    block[j0..j1].copy_from_slice(&plane[from..from + (j1 - j0)]);
+    block[..j0].fill(0.0);
+    block[j1..].fill(0.0);
+    if ox_lo > 0 || ox_hi < wo {
+        for r in block.chunks_exact_mut(wo) {
+            for v in &mut r[..ox_lo] {
+                *v = 0.0;
+            }
+            for v in &mut r[ox_hi..] {
+                *v = 0.0;
             }
         }
     }
