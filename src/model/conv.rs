@@ -452,7 +452,7 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
                         false,
                         gemm::Parallelism::None,
                     );
-                    col2im(&cols, &sub, g, part, n);
+                    col2im(&mut cols, &sub, g, part, n);
                 });
         }
         return gx;
@@ -492,7 +492,7 @@ fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f3
                 par,
             );
             for (j, gxb) in gxchunk.chunks_mut(img).enumerate() {
-                col2im(&cols[j * n..], d, g, gxb, m);
+                col2im(&mut cols[j * n..], d, g, gxb, m);
             }
         },
     );

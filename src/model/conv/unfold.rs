@@ -143,7 +143,7 @@ unsafe fn im2col_avx2(x: &[f32], d: &Dims, g: &ConvGeom, cols: &mut [f32], ld: u
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn col2im_avx2(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
+unsafe fn col2im_avx2(cols: &mut [f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
     col2im_impl(cols, d, g, x, ld)
 }
 
@@ -239,12 +239,47 @@ fn tap_as_block(
     }
 }
 
+/// The adjoint of [`tap_as_block`]: adds one tap's im2col row into the plane as one shifted
+/// block. The row's entries that map outside the plane (the wrapped-around columns) are
+/// zeroed first (`row` is scratch), so they add nothing where the shift lands them.
+#[inline(always)]
+fn tap_block_add(
+    row: &mut [f32],
+    plane: &mut [f32],
+    wo: usize,
+    (oy_lo, oy_hi, dy): (usize, usize, isize),
+    (ox_lo, ox_hi, dx): (usize, usize, isize),
+) {
+    if oy_lo >= oy_hi || ox_lo >= ox_hi {
+        return;
+    }
+    let block = &mut row[oy_lo * wo..oy_hi * wo];
+    if ox_lo > 0 || ox_hi < wo {
+        for r in block.chunks_exact_mut(wo) {
+            for v in &mut r[..ox_lo] {
+                *v = 0.0;
+            }
+            for v in &mut r[ox_hi..] {
+                *v = 0.0;
+            }
+        }
+    }
+    let start = (oy_lo as isize + dy) * wo as isize + dx;
+    let j0 = (-start).clamp(0, block.len() as isize) as usize;
+    let j1 = (plane.len() as isize - start).clamp(j0 as isize, block.len() as isize) as usize;
+    let to = (start + j0 as isize) as usize;
+    for (o, v) in plane[to..to + (j1 - j0)].iter_mut().zip(&block[j0..j1]) {
+        *o += *v;
+    }
+}
+
 /// Folds `cols` (`[c_in*k*k, ho*wo]`, rows `ld` apart) back into one image `x`
-/// (`[c_in, h, w]`), summing overlaps.
+/// (`[c_in, h, w]`), summing overlaps. `cols` is scratch: entries that fall on padding are
+/// zeroed.
 ///
 /// Strided convolutions accumulate into the stride phases of each channel (contiguous adds)
 /// and interleave them once at the end ([`from_planes`]).
-pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
+pub(super) fn col2im(cols: &mut [f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2 (checked).
@@ -254,7 +289,7 @@ pub(super) fn col2im(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: us
 }
 
 #[inline(always)]
-fn col2im_impl(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
+fn col2im_impl(cols: &mut [f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
     let (k, s) = (g.kernel, g.stride);
     let n = d.col_cols();
     let (hp, wp) = plane_dims(d, s);
@@ -282,7 +317,13 @@ fn col2im_impl(cols: &[f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usize) {
                 }
                 let (rx, dx) = tap_phase(kj, g);
                 let plane_at = (ry * s + rx) * hp * wp; // 0 when s = 1
-                let row = &cols[((c * k + ki) * k + kj) * ld..][..n];
+                let row = &mut cols[((c * k + ki) * k + kj) * ld..][..n];
+                if acc_row_len == d.wo {
+                    let plane_len = if s > 1 { hp * wp } else { d.h * d.w };
+                    let plane = &mut acc[plane_at..plane_at + plane_len];
+                    tap_block_add(row, plane, d.wo, (oy_lo, oy_hi, dy), (ox_lo, ox_hi, dx));
+                    continue;
+                }
                 let b0 = (ox_lo as isize + dx) as usize;
                 for oy in oy_lo..oy_hi {
                     let a = (oy as isize + dy) as usize;
