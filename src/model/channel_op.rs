@@ -138,20 +138,33 @@ fn affine_leaky_rows(
     y
 }
 
-/// `x + bias_c`.
-struct AddBias;
+/// `x + bias_c`, then a leaky ReLU with the given slope (fused: one pass, one autograd node).
+struct AddBias(Option<f32>);
 /// `Σ_{b,p} g` per channel → `[C]`.
 struct ChannelSum;
-/// `x * scale_c + shift_c`.
-struct Affine;
+/// `x * scale_c + shift_c`, then a leaky ReLU with the given slope.
+struct Affine(Option<f32>);
 /// `g * scale_c` (the input gradient of [`Affine`]).
 struct ScaleRows;
 /// `[Σ g, Σ g·x]` per channel → `[2C]`.
 struct ChannelSums2;
 
+/// The gradient before an optional leaky ReLU with `slope`, given its output `res` (with a
+/// positive slope the output has the sign of the pre-activation).
+fn before_leaky(grad: &Tensor, res: &Tensor, slope: Option<f32>) -> Result<Tensor> {
+    let g = grad.contiguous()?;
+    match slope {
+        Some(s) => super::activation::leaky_grad(&g, res, s),
+        None => Ok(g),
+    }
+}
+
 impl CustomOp2 for AddBias {
     fn name(&self) -> &'static str {
-        "fast-add-bias"
+        match self.0 {
+            None => "fast-add-bias",
+            Some(_) => "fast-add-bias-leaky-relu",
+        }
     }
     fn cpu_fwd(
         &self,
@@ -160,11 +173,17 @@ impl CustomOp2 for AddBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32("add_bias", s1, l1)?;
-        let (_, c, hw) = bchw("add_bias", l1)?;
-        let bias = channel_vector("add_bias", s2, l2, c)?;
+        let what = if self.0.is_some() {
+            "add_bias_leaky"
+        } else {
+            "add_bias"
+        };
+        let x = contiguous_f32(what, s1, l1)?;
+        let (_, c, hw) = bchw(what, l1)?;
+        let bias = channel_vector(what, s2, l2, c)?;
+        let slope = self.0.unwrap_or(1.0);
         Ok((
-            CpuStorage::F32(affine_rows(x, None, Some(bias), c, hw)),
+            CpuStorage::F32(affine_leaky_rows(x, None, Some(bias), c, hw, slope)),
             l1.shape().clone(),
         ))
     }
@@ -172,10 +191,10 @@ impl CustomOp2 for AddBias {
         &self,
         _x: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
+        let g = before_leaky(grad, res, self.0)?;
         let gb = g.apply_op1_no_bwd(&ChannelSum)?;
         Ok((Some(g), Some(gb)))
     }
@@ -197,7 +216,10 @@ impl CustomOp1 for ChannelSum {
 
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
-        "fast-channel-affine"
+        match self.0 {
+            None => "fast-channel-affine",
+            Some(_) => "fast-channel-affine-leaky-relu",
+        }
     }
     fn cpu_fwd(
         &self,
@@ -208,12 +230,18 @@ impl CustomOp3 for Affine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32("channel_affine", s1, l1)?;
-        let (_, c, hw) = bchw("channel_affine", l1)?;
-        let scale = channel_vector("channel_affine", s2, l2, c)?;
-        let shift = channel_vector("channel_affine", s3, l3, c)?;
+        let what = if self.0.is_some() {
+            "channel_affine_leaky"
+        } else {
+            "channel_affine"
+        };
+        let x = contiguous_f32(what, s1, l1)?;
+        let (_, c, hw) = bchw(what, l1)?;
+        let scale = channel_vector(what, s2, l2, c)?;
+        let shift = channel_vector(what, s3, l3, c)?;
+        let slope = self.0.unwrap_or(1.0);
         Ok((
-            CpuStorage::F32(affine_rows(x, Some(scale), Some(shift), c, hw)),
+            CpuStorage::F32(affine_leaky_rows(x, Some(scale), Some(shift), c, hw, slope)),
             l1.shape().clone(),
         ))
     }
@@ -222,10 +250,10 @@ impl CustomOp3 for Affine {
         x: &Tensor,
         scale: &Tensor,
         _shift: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
+        let g = before_leaky(grad, res, self.0)?;
         let c = scale.elem_count();
         let gx = g.apply_op2_no_bwd(scale, &ScaleRows)?;
         let sums = g.apply_op2_no_bwd(&x.contiguous()?, &ChannelSums2)?;
@@ -276,91 +304,6 @@ impl CustomOp2 for ChannelSums2 {
     }
 }
 
-/// `leaky(x + bias_c)` with the slope inside.
-struct BiasLeaky(f32);
-/// `leaky(x * scale_c + shift_c)` with the slope inside.
-struct AffineLeaky(f32);
-
-impl CustomOp2 for BiasLeaky {
-    fn name(&self) -> &'static str {
-        "fast-add-bias-leaky-relu"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32("add_bias_leaky", s1, l1)?;
-        let (_, c, hw) = bchw("add_bias_leaky", l1)?;
-        let bias = channel_vector("add_bias_leaky", s2, l2, c)?;
-        Ok((
-            CpuStorage::F32(affine_leaky_rows(x, None, Some(bias), c, hw, self.0)),
-            l1.shape().clone(),
-        ))
-    }
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // With a positive slope the output has the sign of the pre-activation.
-        let gv = super::activation::leaky_grad(&grad.contiguous()?, res, self.0)?;
-        let gb = gv.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((Some(gv), Some(gb)))
-    }
-}
-
-impl CustomOp3 for AffineLeaky {
-    fn name(&self) -> &'static str {
-        "fast-channel-affine-leaky-relu"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32("channel_affine_leaky", s1, l1)?;
-        let (_, c, hw) = bchw("channel_affine_leaky", l1)?;
-        let scale = channel_vector("channel_affine_leaky", s2, l2, c)?;
-        let shift = channel_vector("channel_affine_leaky", s3, l3, c)?;
-        Ok((
-            CpuStorage::F32(affine_leaky_rows(
-                x,
-                Some(scale),
-                Some(shift),
-                c,
-                hw,
-                self.0,
-            )),
-            l1.shape().clone(),
-        ))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        _shift: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gv = super::activation::leaky_grad(&grad.contiguous()?, res, self.0)?;
-        let c = scale.elem_count();
-        let gx = gv.apply_op2_no_bwd(scale, &ScaleRows)?;
-        let sums = gv.apply_op2_no_bwd(&x.contiguous()?, &ChannelSums2)?;
-        let gshift = sums.narrow(0, 0, c)?;
-        let gscale = sums.narrow(0, c, c)?;
-        Ok((Some(gx), Some(gscale), Some(gshift)))
-    }
-}
-
 /// Slopes the fused activations accept: the output's sign must be the pre-activation's.
 fn fusable_slope(slope: f32) -> bool {
     slope > 0.0 && slope.is_finite()
@@ -372,7 +315,7 @@ fn fusable_slope(slope: f32) -> bool {
 pub fn add_bias_leaky(x: &Tensor, bias: &Tensor, slope: f32) -> Result<Tensor> {
     if fused(x) && bias.dtype() == DType::F32 && fusable_slope(slope) {
         x.contiguous()?
-            .apply_op2(&bias.contiguous()?, BiasLeaky(slope))
+            .apply_op2(&bias.contiguous()?, AddBias(Some(slope)))
     } else {
         super::activation::leaky_relu(&add_bias(x, bias)?, slope)
     }
@@ -393,7 +336,7 @@ pub fn channel_affine_leaky(
         x.contiguous()?.apply_op3(
             &scale.contiguous()?,
             &shift.contiguous()?,
-            AffineLeaky(slope),
+            Affine(Some(slope)),
         )
     } else {
         super::activation::leaky_relu(&channel_affine(x, scale, shift)?, slope)
@@ -408,7 +351,8 @@ fn fused(x: &Tensor) -> bool {
 /// broadcast elsewhere.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if fused(x) && bias.dtype() == DType::F32 {
-        x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+        x.contiguous()?
+            .apply_op2(&bias.contiguous()?, AddBias(None))
     } else {
         reference_add_bias(x, bias)
     }
@@ -419,7 +363,7 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     if fused(x) && scale.dtype() == DType::F32 && shift.dtype() == DType::F32 {
         x.contiguous()?
-            .apply_op3(&scale.contiguous()?, &shift.contiguous()?, Affine)
+            .apply_op3(&scale.contiguous()?, &shift.contiguous()?, Affine(None))
     } else {
         reference_channel_affine(x, scale, shift)
     }

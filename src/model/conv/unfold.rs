@@ -218,15 +218,34 @@ fn tap_as_block(
     row[..oy_lo * wo].fill(0.0);
     row[oy_hi * wo..].fill(0.0);
     let block = &mut row[oy_lo * wo..oy_hi * wo];
-    // flat source index of block[j] is start + j; clip to the source (the clipped ends are
-    // wrapped columns, zeroed below)
-    let start = (oy_lo as isize + dy) * wo as isize + dx;
-    let j0 = (-start).clamp(0, block.len() as isize) as usize;
-    let j1 = (plane.len() as isize - start).clamp(j0 as isize, block.len() as isize) as usize;
-    let from = (start + j0 as isize) as usize;
+    let (j0, j1, from) = block_span(block.len(), plane.len(), wo, oy_lo, dy, dx);
     block[j0..j1].copy_from_slice(&plane[from..from + (j1 - j0)]);
     block[..j0].fill(0.0);
     block[j1..].fill(0.0);
+    zero_wrapped(block, wo, ox_lo, ox_hi);
+}
+
+/// The part `j0..j1` of a tap's block that has a source (or target) in a plane of `plane_len`
+/// values, and where in the plane it starts: block entry `j` is plane entry
+/// `(oy_lo + dy) * wo + dx + j`. The clipped ends are wrapped-around columns.
+#[inline(always)]
+fn block_span(
+    len: usize,
+    plane_len: usize,
+    wo: usize,
+    oy_lo: usize,
+    dy: isize,
+    dx: isize,
+) -> (usize, usize, usize) {
+    let start = (oy_lo as isize + dy) * wo as isize + dx;
+    let j0 = (-start).clamp(0, len as isize) as usize;
+    let j1 = (plane_len as isize - start).clamp(j0 as isize, len as isize) as usize;
+    (j0, j1, (start + j0 as isize) as usize)
+}
+
+/// Zeroes the columns outside `ox_lo..ox_hi` of every `wo`-long row of `block`.
+#[inline(always)]
+fn zero_wrapped(block: &mut [f32], wo: usize, ox_lo: usize, ox_hi: usize) {
     if ox_lo > 0 || ox_hi < wo {
         for r in block.chunks_exact_mut(wo) {
             for v in &mut r[..ox_lo] {
@@ -254,20 +273,8 @@ fn tap_block_add(
         return;
     }
     let block = &mut row[oy_lo * wo..oy_hi * wo];
-    if ox_lo > 0 || ox_hi < wo {
-        for r in block.chunks_exact_mut(wo) {
-            for v in &mut r[..ox_lo] {
-                *v = 0.0;
-            }
-            for v in &mut r[ox_hi..] {
-                *v = 0.0;
-            }
-        }
-    }
-    let start = (oy_lo as isize + dy) * wo as isize + dx;
-    let j0 = (-start).clamp(0, block.len() as isize) as usize;
-    let j1 = (plane.len() as isize - start).clamp(j0 as isize, block.len() as isize) as usize;
-    let to = (start + j0 as isize) as usize;
+    zero_wrapped(block, wo, ox_lo, ox_hi);
+    let (j0, j1, to) = block_span(block.len(), plane.len(), wo, oy_lo, dy, dx);
     for (o, v) in plane[to..to + (j1 - j0)].iter_mut().zip(&block[j0..j1]) {
         *o += *v;
     }
