@@ -2,6 +2,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -12,11 +14,27 @@ const CHUNK: usize = 1 << 14;
 /// batch-1 decode went to waking and parking threads).
 pub(crate) const SERIAL_BELOW: usize = 1 << 17;
 
+/// A vector of `len` values written by `fill` into its uninitialised storage: no zero-fill
+/// first (a pass over every layer's output, about 5 % of an encode).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn filled_vec(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `f(i, out_chunk_i)` for the `chunk`-sized pieces of `out`: in parallel when `out` is large,
 /// in order on this thread otherwise.
-pub(crate) fn map_chunks<F>(out: &mut [f32], chunk: usize, f: F)
+pub(crate) fn map_chunks<T: Send, F>(out: &mut [T], chunk: usize, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
 {
     let chunk = chunk.max(1);
     if out.len() < SERIAL_BELOW {
@@ -68,15 +86,18 @@ impl CustomOp1 for Leaky {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32("leaky_relu", s, l)?;
         let slope = self.0;
-        let mut y = vec![0f32; x.len()];
-        map_chunks(&mut y, CHUNK, move |i, y| {
-            let x = &x[i * CHUNK..][..y.len()];
-            // `move`: slope by value, not a pointer the stores might alias (that kept this
-            // loop scalar); a select and a multiply, no branch: vectorises, NaN stays NaN
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = v * if v > 0.0 { 1.0 } else { slope };
-            }
-        });
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            map_chunks(y, CHUNK, move |i, y| {
+                let x = &x[i * CHUNK..][..y.len()];
+                // `move`: slope by value, not a pointer the stores might alias (that kept this
+                // loop scalar); a select and a multiply, no branch: vectorises, NaN stays NaN
+                for (o, &v) in y.iter_mut().zip(x) {
+                    o.write(v * if v > 0.0 { 1.0 } else { slope });
+                }
+            })
+        };
+        // SAFETY: the chunks cover the output and each is written in full.
+        let y = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -122,20 +122,22 @@ fn affine_leaky_rows(
     hw: usize,
     slope: f32,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     let hw = hw.max(1);
-    super::activation::map_chunks(&mut y, hw, move |k, y| {
-        let x = &x[k * hw..][..y.len()];
-        let ch = k % c;
-        let s = scale.map_or(1.0, |s| s[ch]);
-        let t = shift.map_or(0.0, |t| t[ch]);
-        for (o, &v) in y.iter_mut().zip(x) {
-            let v = v * s + t;
-            // a select and a multiply, no branch (vectorises); NaN stays NaN
-            *o = v * if v > 0.0 { 1.0 } else { slope };
-        }
-    });
-    y
+    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+        super::activation::map_chunks(y, hw, move |k, y| {
+            let x = &x[k * hw..][..y.len()];
+            let ch = k % c;
+            let s = scale.map_or(1.0, |s| s[ch]);
+            let t = shift.map_or(0.0, |t| t[ch]);
+            for (o, &v) in y.iter_mut().zip(x) {
+                let v = v * s + t;
+                // a select and a multiply, no branch (vectorises); NaN stays NaN
+                o.write(v * if v > 0.0 { 1.0 } else { slope });
+            }
+        })
+    };
+    // SAFETY: the rows cover the output and each is written in full.
+    unsafe { super::activation::filled_vec(x.len(), fill) }
 }
 
 /// `x + bias_c`, then a leaky ReLU with the given slope (fused: one pass, one autograd node).

@@ -2,11 +2,14 @@
 //! channel groups or image groups go to which thread, and which inner kernel (im2col + gemm,
 //! the direct kernel, register-blocked dot products) runs each piece.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
-use super::mm::{matmul, matmul_into, Mat};
+use super::mm::{as_uninit, matmul, matmul_into, Mat};
 use super::unfold::{col2im, im2col, Dims};
 use super::{direct, dot, ConvGeom};
+use crate::model::activation::filled_vec;
 
 /// candle's thread count, read once (candle re-reads the CPU mask from `/proc` on each call).
 fn threads() -> usize {
@@ -24,8 +27,9 @@ fn inner_par(batch: usize) -> gemm::Parallelism {
     }
 }
 
-/// `out = w · cols` (`[c_out, m]`) for `cols` (`[rows, m]`, contiguous): one image (`m` its
-/// pixels) or a group of images side by side.
+/// `out = w · cols` (`[c_out, m]`, every element written; `out` may be uninitialised) for
+/// `cols` (`[rows, m]`, contiguous): one image (`m` its pixels) or a group of images side by
+/// side.
 ///
 /// Computed transposed, outᵀ[m, c_out] = colsᵀ[m, rows] · wᵀ[rows, c_out], written into the
 /// [c_out, m] layout: both operands are then column-major for gemm, and the kernel's long
@@ -35,7 +39,7 @@ fn forward_cols(
     cols: &[f32],
     m: usize,
     w: &[f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     c_out: usize,
     rows: usize,
     par: gemm::Parallelism,
@@ -51,7 +55,7 @@ fn forward_cols(
         cs: rows as isize,
     };
     let layout = Mat {
-        ptr: out.as_ptr(),
+        ptr: out.as_ptr().cast::<f32>(),
         rs: 1,
         cs: m as isize,
     };
@@ -125,23 +129,27 @@ fn gather(src: &[f32], i0: usize, cnt: usize, c: usize, n: usize, dst: &mut Vec<
     }
 }
 
-/// The inverse of [`gather`]: `[c, cnt * n]` → `cnt` consecutive `[c, n]` blocks of `dst`.
-fn scatter(src: &[f32], cnt: usize, c: usize, n: usize, dst: &mut [f32]) {
+/// The inverse of [`gather`]: `[c, cnt * n]` → `cnt` consecutive `[c, n]` blocks of `dst`
+/// (every element written; `dst` may be uninitialised).
+fn scatter(src: &[f32], cnt: usize, c: usize, n: usize, dst: &mut [MaybeUninit<f32>]) {
     for j in 0..cnt {
         for ch in 0..c {
-            dst[(j * c + ch) * n..][..n].copy_from_slice(&src[(ch * cnt + j) * n..][..n]);
+            let to = &mut dst[(j * c + ch) * n..][..n];
+            for (o, v) in to.iter_mut().zip(&src[(ch * cnt + j) * n..][..n]) {
+                o.write(*v);
+            }
         }
     }
 }
 
 /// `y = w · cols` for a group of `cnt` images into their consecutive outputs `ychunk`
-/// (through `tmp` and [`scatter`] when `cnt > 1`).
+/// (through `tmp` and [`scatter`] when `cnt > 1`); writes every element of `ychunk`.
 #[allow(clippy::too_many_arguments)]
 fn forward_group(
     cols: &[f32],
     cnt: usize,
     w: &[f32],
-    ychunk: &mut [f32],
+    ychunk: &mut [MaybeUninit<f32>],
     tmp: &mut Vec<f32>,
     d: &Dims,
     rows: usize,
@@ -152,7 +160,7 @@ fn forward_group(
         return forward_cols(cols, m, w, ychunk, d.c_out, rows, par);
     }
     tmp.resize(d.c_out * m, 0.0);
-    forward_cols(cols, m, w, tmp, d.c_out, rows, par);
+    forward_cols(cols, m, w, as_uninit(tmp), d.c_out, rows, par);
     scatter(tmp, cnt, d.c_out, d.col_cols(), ychunk);
 }
 
@@ -164,15 +172,33 @@ fn channels_per_thread(c: usize) -> usize {
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
+    if b >= threads() && !direct::applies(d, g) {
+        let nb = group_size(n);
+        let par = inner_par(b.div_ceil(nb));
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(nb * d.c_out * n)
+                .enumerate()
+                .for_each_init(
+                    || (vec![0f32; rows * nb * n], Vec::new()),
+                    |(cols, tmp), (gi, ychunk)| {
+                        let cnt = ychunk.len() / (d.c_out * n);
+                        im2col_group(x, gi * nb, cnt, d, g, cols);
+                        forward_group(cols, cnt, w, ychunk, tmp, d, rows, par);
+                    },
+                )
+        };
+        // SAFETY: the chunks cover the output and forward_group writes every element of each.
+        return unsafe { filled_vec(b * d.c_out * n, fill) };
+    }
     let mut y = vec![0f32; b * d.c_out * n];
     if direct::applies(d, g) {
         forward_direct(x, w, b, d, g, &mut y);
         return y;
     }
-    if b < threads() {
+    // Fewer images than threads (a batch-1 decode): the im2col is split by input channel among
+    // the threads too, not only the gemm.
+    {
         let par = inner_par(b);
-        // Fewer images than threads (a batch-1 decode): the im2col is split by input channel
-        // among the threads too, not only the gemm.
         let (kk, plane) = (g.kernel * g.kernel, d.h * d.w);
         let per = channels_per_thread(d.c_in);
         let mut cols = vec![0f32; rows * n];
@@ -187,22 +213,9 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
                     };
                     im2col(&xi[j * per * plane..][..sub.c_in * plane], &sub, g, part, n);
                 });
-            forward_cols(&cols, n, w, yb, d.c_out, rows, par);
+            forward_cols(&cols, n, w, as_uninit(yb), d.c_out, rows, par);
         }
-        return y;
     }
-    let nb = group_size(n);
-    let par = inner_par(b.div_ceil(nb));
-    y.par_chunks_mut(nb * d.c_out * n)
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; rows * nb * n], Vec::new()),
-            |(cols, tmp), (gi, ychunk)| {
-                let cnt = ychunk.len() / (d.c_out * n);
-                im2col_group(x, gi * nb, cnt, d, g, cols);
-                forward_group(cols, cnt, w, ychunk, tmp, d, rows, par);
-            },
-        );
     y
 }
 
@@ -256,33 +269,37 @@ pub(super) fn forward_and_grad_weight(
 ) -> (Vec<f32>, Vec<f32>) {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let out = d.c_out * n;
-    let mut y = vec![0f32; b * out];
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
     let par = inner_par(chunks);
     let nb = group_size(n).min(per);
-    let partial: Vec<Vec<f32>> = y
-        .par_chunks_mut(per * out)
-        .enumerate()
-        .map(|(c, ychunk)| {
-            let mut acc = vec![0f32; d.c_out * rows];
-            let mut cols = vec![0f32; rows * nb * n];
-            let (mut tmp, mut gyg) = (Vec::new(), Vec::new());
-            for (j, yg) in ychunk.chunks_mut(nb * out).enumerate() {
-                let (i0, cnt) = (c * per + j * nb, yg.len() / out);
-                im2col_group(x, i0, cnt, d, g, &mut cols);
-                forward_group(&cols, cnt, w, yg, &mut tmp, d, rows, par);
-                let gy_g = if cnt == 1 {
-                    &gy[i0 * out..][..out]
-                } else {
-                    gather(gy, i0, cnt, d.c_out, n, &mut gyg);
-                    &gyg[..]
-                };
-                grad_weight_cols(gy_g, &cols, cnt * n, &mut acc, d.c_out, rows, j > 0, par);
-            }
-            acc
-        })
-        .collect();
+    let mut partial: Vec<Vec<f32>> = Vec::new();
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        partial = y
+            .par_chunks_mut(per * out)
+            .enumerate()
+            .map(|(c, ychunk)| {
+                let mut acc = vec![0f32; d.c_out * rows];
+                let mut cols = vec![0f32; rows * nb * n];
+                let (mut tmp, mut gyg) = (Vec::new(), Vec::new());
+                for (j, yg) in ychunk.chunks_mut(nb * out).enumerate() {
+                    let (i0, cnt) = (c * per + j * nb, yg.len() / out);
+                    im2col_group(x, i0, cnt, d, g, &mut cols);
+                    forward_group(&cols, cnt, w, yg, &mut tmp, d, rows, par);
+                    let gy_g = if cnt == 1 {
+                        &gy[i0 * out..][..out]
+                    } else {
+                        gather(gy, i0, cnt, d.c_out, n, &mut gyg);
+                        &gyg[..]
+                    };
+                    grad_weight_cols(gy_g, &cols, cnt * n, &mut acc, d.c_out, rows, j > 0, par);
+                }
+                acc
+            })
+            .collect();
+    };
+    // SAFETY: the chunks cover the output and forward_group writes every element of each.
+    let y = unsafe { filled_vec(b * out, fill) };
     (y, sum_partials(partial, d.c_out * rows))
 }
 

@@ -1,5 +1,7 @@
 //! Strided matrix products for the fast convolutions: thin wrappers over `gemm::gemm`.
 
+use std::mem::MaybeUninit;
+
 /// Row-major matrix view: pointer plus (row stride, column stride) in elements.
 #[derive(Clone, Copy)]
 pub(super) struct Mat {
@@ -25,14 +27,22 @@ pub(super) fn matmul(
         rs: n as isize,
         cs: 1,
     };
-    matmul_into(dst, d, m, n, k, lhs, rhs, accumulate, par)
+    matmul_into(as_uninit(dst), d, m, n, k, lhs, rhs, accumulate, par)
+}
+
+/// `dst` viewed as possibly-uninitialised values, for [`matmul_into`].
+pub(super) fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; writers through this view store only initialised f32 values.
+    unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with `dst` at the strides of `layout` (its pointer is
-/// ignored; `dst` must hold every element those strides reach).
+/// ignored; `dst` must hold every element those strides reach). Without `accumulate`, `dst`
+/// may be uninitialised: gemm then stores every element those strides reach without reading
+/// it (its `read_dst = false` path).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul_into(
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     layout: Mat,
     m: usize,
     n: usize,
@@ -56,7 +66,7 @@ pub(super) fn matmul_into(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             layout.cs,
             layout.rs,
             accumulate,
