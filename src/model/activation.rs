@@ -121,13 +121,16 @@ impl CustomOp2 for LeakyGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, x) = grad_pair("leaky_relu", (s1, l1), (s2, l2))?;
         let slope = self.0;
-        let mut out = vec![0f32; g.len()];
-        map_chunks(&mut out, CHUNK, move |i, o| {
-            let (g, x) = (&g[i * CHUNK..][..o.len()], &x[i * CHUNK..][..o.len()]);
-            for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                *o = g * if x > 0.0 { 1.0 } else { slope };
-            }
-        });
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            map_chunks(out, CHUNK, move |i, o| {
+                let (g, x) = (&g[i * CHUNK..][..o.len()], &x[i * CHUNK..][..o.len()]);
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    o.write(g * if x > 0.0 { 1.0 } else { slope });
+                }
+            })
+        };
+        // SAFETY: the chunks cover the output and each is written in full.
+        let out = unsafe { filled_vec(g.len(), fill) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
