@@ -138,7 +138,12 @@ pub fn first_non_finite(v: &[f32]) -> Option<usize> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     let all_finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
-    let chunk = v.par_chunks(CHUNK).position_first(|c| !all_finite(c))?;
+    let chunk = if v.len() <= CHUNK {
+        // one chunk (a support-set map's codes): no hand-off to the thread pool
+        (!all_finite(v)).then_some(0)?
+    } else {
+        v.par_chunks(CHUNK).position_first(|c| !all_finite(c))?
+    };
     let start = chunk * CHUNK;
     v[start..]
         .iter()
