@@ -124,10 +124,11 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
 }
 
 /// Batch normalisation over `[B, C, H, W]` with variables `weight`, `bias`, `running_mean`,
-/// `running_var` (PyTorch names, ε = 1e-5).
+/// `running_var` (PyTorch names, ε = 1e-5), always followed by the conv models' leaky ReLU
+/// (fused into its affine step).
 ///
-/// Training uses the batch statistics ([`BatchNorm::forward_batch`], which also returns them);
-/// inference uses the stored running statistics ([`BatchNorm::forward_eval`]). The running
+/// Training uses the batch statistics ([`BatchNorm::forward_batch_leaky`], which also returns
+/// them); inference uses the stored running statistics ([`BatchNorm::forward_eval_leaky`]). The running
 /// statistics are not updated as a side effect of the forward pass (candle-nn's `batch_norm`
 /// keeps them in copies that never reach the variable map): the owner re-estimates them with
 /// [`BatchNorm::set_running`] from batch statistics (see `gan::Gan::calibrate_batch_norm`).
@@ -158,18 +159,15 @@ impl BatchNorm {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Normalises with the batch statistics; returns `(y, mean [C], biased variance [C])`
-    /// (the statistics detached).
-    pub fn forward_batch(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
-        Ok((self.forward_train(x)?, mean, var))
-    }
-    /// [`BatchNorm::forward_batch`] followed by the leaky ReLU, fused into the affine step.
+    /// Normalises with the batch statistics, then the leaky ReLU (fused into the affine step);
+    /// returns `(y, mean [C], biased variance [C])` (the statistics detached).
     pub fn forward_batch_leaky(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
         Ok((self.forward_train_leaky(x)?, mean, var))
     }
-    /// [`BatchNorm::forward_train`] followed by the leaky ReLU, fused into the affine step.
+    /// Normalises with the batch statistics (training), through the fused
+    /// [`super::batchnorm_op::batch_normalize`], then the leaky ReLU (fused into the affine
+    /// step); the output of [`BatchNorm::forward_batch_leaky`] without the statistics.
     pub fn forward_train_leaky(&self, x: &Tensor) -> Result<Tensor> {
         channel_op::channel_affine_leaky(
             &super::batchnorm_op::batch_normalize(x, BN_EPS)?,
@@ -178,25 +176,11 @@ impl BatchNorm {
             LEAKY_SLOPE,
         )
     }
-    /// [`BatchNorm::forward_eval`] followed by the leaky ReLU, fused into the affine step.
+    /// Normalises with the running statistics (inference), then the leaky ReLU (fused into
+    /// the affine step).
     pub fn forward_eval_leaky(&self, x: &Tensor) -> Result<Tensor> {
         let (scale, shift) = self.eval_affine()?;
         channel_op::channel_affine_leaky(x, &scale, &shift, LEAKY_SLOPE)
-    }
-    /// Normalises with the batch statistics (training), through the fused
-    /// [`super::batchnorm_op::batch_normalize`]; same result as [`BatchNorm::forward_batch`]'s
-    /// output without computing the statistics as tensors.
-    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        channel_op::channel_affine(
-            &super::batchnorm_op::batch_normalize(x, BN_EPS)?,
-            &self.weight,
-            &self.bias,
-        )
-    }
-    /// Normalises with the running statistics (inference).
-    pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
-        let (scale, shift) = self.eval_affine()?;
-        channel_affine(x, &scale, &shift)
     }
     /// The per-channel scale and shift that apply the running statistics.
     fn eval_affine(&self) -> Result<(Tensor, Tensor)> {

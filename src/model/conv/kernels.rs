@@ -172,7 +172,8 @@ fn channels_per_thread(c: usize) -> usize {
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
-    if b >= threads() && !direct::applies(d, g) {
+    let use_direct = direct::applies(d, g);
+    if b >= threads() && !use_direct {
         let nb = group_size(n);
         let par = inner_par(b.div_ceil(nb));
         let fill = |y: &mut [MaybeUninit<f32>]| {
@@ -191,7 +192,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
         return unsafe { filled_vec(b * d.c_out * n, fill) };
     }
     let mut y = vec![0f32; b * d.c_out * n];
-    if direct::applies(d, g) {
+    if use_direct {
         forward_direct(x, w, b, d, g, &mut y);
         return y;
     }
