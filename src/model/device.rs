@@ -55,11 +55,26 @@ pub fn keep_freed_memory() {
 /// default (the CPUs this process may use) unless the user set it. candle asks for its
 /// thread count on every matmul and re-reads the CPU mask from `/proc` and `/sys` each time
 /// unless that variable is set: a tenth of a batch-1 decode went to formatting `/proc` files
-/// (perf). Returns the count. Call once at start-up, before other threads run.
+/// (perf).
+///
+/// Also shortens the spin of candle's own worker pool (`CANDLE_BARRIER_POOL_SPIN_LIMIT`,
+/// unless the user set it). candle runs large elementwise ops (the gradient sums of autograd)
+/// on a pool whose worker busy-waits 25,000 pause instructions after each op, about half a
+/// millisecond. Our convolutions run on rayon's threads right after, so on two cores that
+/// spinning worker took a share of a core from them: 4-6 % of a GAN step's samples were the
+/// spin (perf), and the step ran 3-10 % slower in paired runs.
+///
+/// Returns the count. Call once at start-up, before other threads run.
 pub fn pin_thread_count() -> usize {
     let n = candle_core::utils::get_num_threads();
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", BARRIER_SPIN.to_string());
+    }
     n
 }
+
+/// Spin iterations of candle's pool workers before they park (candle's default: 25,000).
+const BARRIER_SPIN: u32 = 100;

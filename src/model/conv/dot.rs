@@ -7,36 +7,42 @@
 //! kernel of a VAE step (perf). Here each pass keeps `CO x RB` dot products (at most 4 x 3)
 //! in registers and reads `CO + RB` rows once: bound by the FMA units, with no packing.
 
-/// `acc` (`c_out x rows`, row-major) `+= gy` (`c_out x n`) `· colsᵀ` (`cols`: `rows x n`),
-/// any `c_out` (in groups of at most 4).
+/// `acc` (`c_out x rows`, row-major) `+= gy` (`c_out x n`) `· colsᵀ` (`cols`: `rows x n` at
+/// row stride `ld` ≥ `n`), any `c_out` (in groups of at most 4).
 pub(super) fn nt_dots(
     gy: &[f32],
     cols: &[f32],
+    ld: usize,
     c_out: usize,
     rows: usize,
     n: usize,
     acc: &mut [f32],
 ) {
-    assert!(gy.len() >= c_out * n && cols.len() >= rows * n && acc.len() >= c_out * rows);
+    assert!(
+        ld >= n
+            && gy.len() >= c_out * n
+            && (rows == 0 || cols.len() >= (rows - 1) * ld + n)
+            && acc.len() >= c_out * rows
+    );
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked above); the slices hold the asserted sizes.
         unsafe {
             match c_out {
-                1 => fma::rows::<1, 8>(gy, cols, rows, n, acc),
-                2 => fma::rows::<2, 6>(gy, cols, rows, n, acc),
-                3 => fma::rows::<3, 4>(gy, cols, rows, n, acc),
-                4 => fma::rows::<4, 3>(gy, cols, rows, n, acc),
+                1 => fma::rows::<1, 8>(gy, cols, ld, rows, n, acc),
+                2 => fma::rows::<2, 6>(gy, cols, ld, rows, n, acc),
+                3 => fma::rows::<3, 4>(gy, cols, ld, rows, n, acc),
+                4 => fma::rows::<4, 3>(gy, cols, ld, rows, n, acc),
                 _ => {
                     // groups of 4 output channels, each over every row
                     let mut co = 0;
                     while co < c_out {
                         let (g, a) = (&gy[co * n..], &mut acc[co * rows..]);
                         match c_out - co {
-                            1 => fma::rows::<1, 8>(g, cols, rows, n, a),
-                            2 => fma::rows::<2, 6>(g, cols, rows, n, a),
-                            3 => fma::rows::<3, 4>(g, cols, rows, n, a),
-                            _ => fma::rows::<4, 3>(g, cols, rows, n, a),
+                            1 => fma::rows::<1, 8>(g, cols, ld, rows, n, a),
+                            2 => fma::rows::<2, 6>(g, cols, ld, rows, n, a),
+                            3 => fma::rows::<3, 4>(g, cols, ld, rows, n, a),
+                            _ => fma::rows::<4, 3>(g, cols, ld, rows, n, a),
                         }
                         co += 4;
                     }
@@ -48,7 +54,7 @@ pub(super) fn nt_dots(
     for co in 0..c_out {
         let g = &gy[co * n..][..n];
         for r in 0..rows {
-            let c = &cols[r * n..][..n];
+            let c = &cols[r * ld..][..n];
             acc[co * rows + r] += g.iter().zip(c).map(|(a, b)| a * b).sum::<f32>();
         }
     }
@@ -71,17 +77,18 @@ mod fma {
     pub(super) unsafe fn rows<const CO: usize, const RB: usize>(
         gy: &[f32],
         cols: &[f32],
+        ld: usize,
         rows: usize,
         n: usize,
         acc: &mut [f32],
     ) {
         let mut r = 0;
         while r + RB <= rows {
-            block::<CO, RB>(gy, cols, r, rows, n, acc);
+            block::<CO, RB>(gy, cols, ld, r, rows, n, acc);
             r += RB;
         }
         while r < rows {
-            block::<CO, 1>(gy, cols, r, rows, n, acc);
+            block::<CO, 1>(gy, cols, ld, r, rows, n, acc);
             r += 1;
         }
     }
@@ -91,6 +98,7 @@ mod fma {
     unsafe fn block<const CO: usize, const RB: usize>(
         gy: &[f32],
         cols: &[f32],
+        ld: usize,
         r0: usize,
         rows: usize,
         n: usize,
@@ -98,13 +106,13 @@ mod fma {
     ) {
         let full = n / 8 * 8;
         let g = gy.as_ptr();
-        let c = cols.as_ptr().add(r0 * n);
+        let c = cols.as_ptr().add(r0 * ld);
         let mut s = [[_mm256_setzero_ps(); RB]; CO];
         let mut p = 0;
         while p < full {
             let mut cv = [_mm256_setzero_ps(); RB];
             for (b, v) in cv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(c.add(b * n + p));
+                *v = _mm256_loadu_ps(c.add(b * ld + p));
             }
             for (a, sa) in s.iter_mut().enumerate() {
                 let gv = _mm256_loadu_ps(g.add(a * n + p));
@@ -120,7 +128,7 @@ mod fma {
                 _mm256_storeu_ps(lanes.as_mut_ptr(), *sab);
                 let mut t: f32 = lanes.iter().sum();
                 for q in full..n {
-                    t += gy[a * n + q] * cols[(r0 + b) * n + q];
+                    t += gy[a * n + q] * cols[(r0 + b) * ld + q];
                 }
                 acc[a * rows + r0 + b] += t;
             }
