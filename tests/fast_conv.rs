@@ -68,6 +68,43 @@ fn conv2d_matches_native_forward_and_gradients() {
     }
 }
 
+/// 4x4 stride-2 convolutions with 32+ input channels on even sides whose output pixels come
+/// in strips of 16 run the implicit-gemm forward (conv::implicit): one strip per image
+/// (8x8 → 4x4, images in groups), several strips (16x16, 32x16), output channels not a
+/// multiple of the 6-channel panels, and im2col rows in 256-row slices with a partial last
+/// one (33 and 40 input channels: 528 and 640 rows).
+#[test]
+fn implicit_gemm_forward_matches_native() {
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    for (i, &(b, c_in, h, w, c_out)) in [
+        (5, 32, 8, 8, 7),
+        (3, 33, 16, 16, 13),
+        (2, 40, 16, 16, 6),
+        (4, 32, 32, 16, 1),
+        (2, 48, 8, 8, 12),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = Var::from_tensor(&rand(&[b, c_in, h, w], 300 + i as u64)).unwrap();
+        let wt = Var::from_tensor(&rand(&[c_out, c_in, 4, 4], 400 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), g).unwrap();
+        let what = format!("{b}x{c_in}x{h}x{w} -> {c_out}");
+        if h == w {
+            let native = x.as_tensor().conv2d(wt.as_tensor(), 1, 2, 1, 1).unwrap();
+            assert_matches_native(&ours, &native, &x, &wt, 500 + i as u64, &what);
+        } else {
+            // candle's backward fails on non-square inputs: the forward only
+            let native = x.as_tensor().conv2d(wt.as_tensor(), 1, 2, 1, 1).unwrap();
+            assert!(max_abs_diff(&ours, &native) < 1e-4, "forward {what}");
+        }
+    }
+}
+
 /// Non-square inputs (candle's own conv2d backward fails on them, so no native reference for
 /// the gradients): the forward against candle, the gradients by the adjoint identities of a
 /// bilinear map, `<conv(x, w), r> = <x, ∂/∂x> = <w, ∂/∂w>`.

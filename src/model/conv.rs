@@ -21,6 +21,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 mod direct;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod implicit;
 mod kernels;
 mod mm;
 mod unfold;

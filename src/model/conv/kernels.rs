@@ -6,6 +6,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::implicit;
 use super::mm::{as_uninit, matmul, matmul_into, Mat};
 use super::unfold::{col2im, im2col, Dims};
 use super::{direct, dot, ConvGeom};
@@ -181,6 +183,10 @@ fn channels_per_thread(c: usize) -> usize {
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
+    #[cfg(target_arch = "x86_64")]
+    if b >= threads() && implicit::applies(d, g) {
+        return forward_implicit(x, w, b, d, g);
+    }
     let use_direct = direct::applies(d, g);
     if b >= threads() && !use_direct {
         let nb = group_size(n);
@@ -227,6 +233,29 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
         }
     }
     y
+}
+
+/// [`forward`] by the implicit-gemm kernel ([`implicit::applies`]), in parallel over groups
+/// of images (at least [`GROUP_PIXELS`] pixels each, so that a weight slice is reused
+/// across them).
+#[cfg(target_arch = "x86_64")]
+fn forward_implicit(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    let (rows, n) = (d.col_rows(g), d.col_cols());
+    let img = d.c_in * d.h * d.w;
+    let wp = implicit::pack_weights(w, d.c_out, rows);
+    let taps = implicit::Taps::new(d, g);
+    let nb = group_size(n).min(b.div_ceil(threads()));
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(nb * d.c_out * n)
+            .enumerate()
+            .for_each_init(implicit::Scratch::default, |scratch, (gi, ychunk)| {
+                let cnt = ychunk.len() / (d.c_out * n);
+                let xg = &x[gi * nb * img..][..cnt * img];
+                implicit::forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch);
+            })
+    };
+    // SAFETY: the chunks cover the output and forward_images writes every element of each.
+    unsafe { filled_vec(b * d.c_out * n, fill) }
 }
 
 /// [`forward`] by the direct kernel ([`direct::applies`]): in parallel over images, or over

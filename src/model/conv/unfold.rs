@@ -25,7 +25,7 @@ impl Dims {
 
 /// Range of output positions `o` whose input position `o * s + tap - p` lies in `0..len`.
 #[inline(always)]
-fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, usize) {
+pub(super) fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, usize) {
     let (s, p) = (g.stride as isize, g.padding as isize);
     let off = tap as isize - p;
     // smallest o with o*s + off >= 0
@@ -40,14 +40,14 @@ fn valid_range(tap: usize, g: &ConvGeom, len: usize, out_len: usize) -> (usize, 
 }
 
 /// Side lengths of the stride-phase planes of a `h x w` channel: `(ceil(h/s), ceil(w/s))`.
-fn plane_dims(d: &Dims, s: usize) -> (usize, usize) {
+pub(super) fn plane_dims(d: &Dims, s: usize) -> (usize, usize) {
     (d.h.div_ceil(s), d.w.div_ceil(s))
 }
 
 /// Where tap `tap` of output position `o` lands in the phase planes:
 /// input position `o * s + tap - p = (o + shift) * s + phase`.
 #[inline(always)]
-fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
+pub(super) fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
     let q = tap as isize - g.padding as isize;
     let s = g.stride as isize;
     (q.rem_euclid(s) as usize, q.div_euclid(s))
@@ -57,7 +57,7 @@ fn tap_phase(tap: usize, g: &ConvGeom) -> (usize, isize) {
 /// `planes[(ry * s + rx)][a][b] = x[a * s + ry][b * s + rx]` (entries past the edge stay as
 /// they are: no tap ever reads them).
 #[inline(always)]
-fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
+pub(super) fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
     let (hp, wp) = plane_dims(d, s);
     for iy in 0..d.h {
         let (a, ry) = (iy / s, iy % s);

@@ -1,0 +1,225 @@
+//! Implicit-gemm forward for stride-2 convolutions (the VAE's, GAN's and recoders' 4x4
+//! stride-2 layers): no im2col matrix. Each image is split once into its stride-phase planes;
+//! then, for each 16-pixel strip and each slice of at most [`KC`] rows of the im2col matrix,
+//! the strip's slice is packed straight from the planes into a small buffer (one unaligned
+//! load and a mask per row: with planes as wide as the output, every tap of a strip is a
+//! contiguous run of the plane) and multiplied by every 6-channel panel of the packed weights
+//! with gemm's own AVX2/FMA micro-kernel (`gemm_f32`, 16 x 6).
+//!
+//! The im2col + gemm route wrote a `[c_in·16, pixels]` matrix (16 times the input) that gemm
+//! then copied again into its own panels; here the packed strip stays in L1 and a weight slice
+//! (≤ 256 KB) in L2 for a whole group of images. The arithmetic is the same products summed
+//! in the same order as gemm's, so outputs match the reference ops to rounding.
+
+use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
+use super::ConvGeom;
+
+/// Pixels per strip: gemm's f32 AVX2 micro-kernel height (two 8-wide vectors).
+const MR: usize = 16;
+/// Output channels per weight panel: the micro-kernel width.
+const NR: usize = 6;
+/// Rows of the im2col matrix per slice: a packed strip slice is `KC x 16` floats (16 KB,
+/// in L1) and a weight slice `c_out x KC` (at most 256 KB for 256 channels, in L2).
+const KC: usize = 256;
+
+/// Fewer im2col rows than this (under 32 input channels of a 4x4 kernel) stay on im2col +
+/// gemm: with short products the micro-kernel calls and their stores cost more than the copy
+/// saved (best-of-20, batch 64: the 3-channel first encoder layer 1.4 → 1.5-1.8 ms, the
+/// 16-channel 64x64 layer 8.1 → 8.3-8.5 ms; 32 channels and up gain 4-9 %).
+const MIN_ROWS: usize = 512;
+
+/// Whether [`forward_images`] handles this convolution on this CPU: stride 2 on even sides
+/// with planes as wide as the output (true for a 4x4 kernel with padding 1), 16-pixel strips
+/// that do not cross images, at least [`MIN_ROWS`] im2col rows, and AVX2 + FMA.
+pub(super) fn applies(d: &Dims, g: &ConvGeom) -> bool {
+    d.col_rows(g) >= MIN_ROWS
+        && g.stride == 2
+        && d.h.is_multiple_of(2)
+        && d.w.is_multiple_of(2)
+        && plane_dims(d, 2) == (d.ho, d.wo)
+        && d.col_cols().is_multiple_of(MR)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The weights `w` (`[c_out, rows]`) as panels of [`NR`] output channels, each `[rows][NR]`,
+/// the last one padded with zero channels.
+pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
+    let panels = c_out.div_ceil(NR);
+    let mut out = vec![0f32; panels * rows * NR];
+    for (co, wr) in w.chunks_exact(rows).take(c_out).enumerate() {
+        let panel = &mut out[(co / NR) * rows * NR..][..rows * NR];
+        for (r, &v) in wr.iter().enumerate() {
+            panel[r * NR + co % NR] = v;
+        }
+    }
+    out
+}
+
+/// Per-thread buffers of [`forward_images`].
+#[derive(Default)]
+pub(super) struct Scratch {
+    planes: Vec<f32>,
+    strip: Vec<f32>,
+}
+
+/// Where each tap reads in the planes and which pixels it covers.
+pub(super) struct Taps {
+    /// Per tap: (phase plane index, offset of the source from the output pixel's index).
+    at: Vec<(usize, isize)>,
+    /// Per tap, per output pixel of an image: all ones where the tap has a source, else 0.
+    masks: Vec<u32>,
+    /// Floats of margin before and after the planes, so that a strip's load never leaves them.
+    margin: usize,
+}
+
+impl Taps {
+    pub(super) fn new(d: &Dims, g: &ConvGeom) -> Self {
+        let (k, n) = (g.kernel, d.col_cols());
+        let mut at = Vec::with_capacity(k * k);
+        let mut masks = vec![0u32; k * k * n];
+        let mut reach = 0isize;
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = valid_range(ki, g, d.h, d.ho);
+            let (ry, dy) = tap_phase(ki, g);
+            for kj in 0..k {
+                let (ox_lo, ox_hi) = valid_range(kj, g, d.w, d.wo);
+                let (rx, dx) = tap_phase(kj, g);
+                let t = ki * k + kj;
+                let off = dy * d.wo as isize + dx;
+                reach = reach.max(off.abs());
+                at.push((ry * g.stride + rx, off));
+                let m = &mut masks[t * n..][..n];
+                for oy in oy_lo..oy_hi {
+                    m[oy * d.wo + ox_lo..oy * d.wo + ox_hi].fill(u32::MAX);
+                }
+            }
+        }
+        Self {
+            at,
+            masks,
+            margin: (reach as usize + MR).next_multiple_of(16),
+        }
+    }
+}
+
+/// `y = conv2d(x, w)` for `cnt` consecutive images of `x` (`[cnt, c_in, h, w]`) into `y`
+/// (`[cnt, c_out, ho, wo]`; every element written, so `y` may be uninitialised), with
+/// `wp` the weights from [`pack_weights`]. Requires [`applies`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_images(
+    x: &[f32],
+    cnt: usize,
+    wp: &[f32],
+    taps: &Taps,
+    d: &Dims,
+    g: &ConvGeom,
+    y: &mut [std::mem::MaybeUninit<f32>],
+    scratch: &mut Scratch,
+) {
+    let (kk, n) = (g.kernel * g.kernel, d.col_cols());
+    let rows = d.c_in * kk;
+    let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
+    assert!(x.len() >= cnt * img && y.len() >= cnt * d.c_out * n && wp.len() >= rows * NR);
+    // every image's channels as 4 phase planes each, one image after the other, with margins
+    let per_img = d.c_in * 4 * plane;
+    let margin = taps.margin;
+    scratch.planes.resize(cnt * per_img + 2 * margin, 0.0);
+    for i in 0..cnt {
+        for c in 0..d.c_in {
+            let xc = &x[i * img + c * d.h * d.w..][..d.h * d.w];
+            let dst = &mut scratch.planes[margin + i * per_img + c * 4 * plane..][..4 * plane];
+            to_planes(xc, d, 2, dst);
+        }
+    }
+    scratch.strip.resize(KC * MR, 0.0);
+    let ydst = y.as_mut_ptr().cast::<f32>();
+    for k0 in (0..rows).step_by(KC) {
+        let kc = KC.min(rows - k0);
+        for i in 0..cnt {
+            let base = margin + i * per_img;
+            for p0 in (0..n).step_by(MR) {
+                // SAFETY: applies() checked AVX2; pack_strip reads planes[base + plane index
+                // + p0 + off .. + 16] with |off| + 16 <= margin, inside the buffer.
+                unsafe {
+                    pack_strip(
+                        &scratch.planes,
+                        base,
+                        plane,
+                        taps,
+                        kk,
+                        n,
+                        p0,
+                        k0,
+                        kc,
+                        &mut scratch.strip,
+                    )
+                };
+                for (j, panel) in wp.chunks_exact(rows * NR).enumerate() {
+                    let co = j * NR;
+                    let cols = NR.min(d.c_out - co);
+                    // SAFETY: FMA checked by applies(); the strip holds kc x 16 floats, the
+                    // panel rows x 6, and the 16 x `cols` tile of y is inside image i's output
+                    // (p0 + 16 <= n, co + cols <= c_out).
+                    unsafe {
+                        gemm_f32::microkernel::fma::f32::x2x6(
+                            MR,
+                            cols,
+                            kc,
+                            ydst.add((i * d.c_out + co) * n + p0),
+                            scratch.strip.as_ptr(),
+                            panel.as_ptr().add(k0 * NR),
+                            n as isize,
+                            1,
+                            MR as isize,
+                            NR as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            u8::from(k0 > 0),
+                            false,
+                            false,
+                            false,
+                            scratch.strip.as_ptr(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows `k0..k0 + kc` of the im2col matrix at pixels `p0..p0 + 16` of one image, row after
+/// row of 16 floats, from that image's phase planes starting at `planes[base]`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_strip(
+    planes: &[f32],
+    base: usize,
+    plane: usize,
+    taps: &Taps,
+    kk: usize,
+    n: usize,
+    p0: usize,
+    k0: usize,
+    kc: usize,
+    strip: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(strip.len() >= kc * MR);
+    let src = planes.as_ptr();
+    let dst = strip.as_mut_ptr();
+    for r in 0..kc {
+        let k = k0 + r;
+        let (c, t) = (k / kk, k % kk);
+        let (phase, off) = taps.at[t];
+        let from = (base + (c * 4 + phase) * plane + p0) as isize + off;
+        debug_assert!(from >= 0 && from as usize + MR <= planes.len());
+        let m = taps.masks.as_ptr().add(t * n + p0).cast::<__m256>();
+        let s = src.offset(from);
+        let lo = _mm256_and_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(m.cast()));
+        let hi = _mm256_and_ps(_mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(m.add(1).cast()));
+        _mm256_storeu_ps(dst.add(r * MR), lo);
+        _mm256_storeu_ps(dst.add(r * MR + 8), hi);
+    }
+}
