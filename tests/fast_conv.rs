@@ -71,8 +71,9 @@ fn conv2d_matches_native_forward_and_gradients() {
 /// 4x4 stride-2 convolutions with 32+ input channels on even sides whose output pixels come
 /// in strips of 16 run the implicit-gemm forward (conv::implicit): one strip per image
 /// (8x8 → 4x4, images in groups), several strips (16x16, 32x16), output channels not a
-/// multiple of the 6-channel panels, and im2col rows in 256-row slices with a partial last
-/// one (33 and 40 input channels: 528 and 640 rows).
+/// multiple of the 6-channel panels, im2col rows in 256-row slices with a partial last one
+/// (33 and 40 input channels: 528 and 640 rows), and weight gradients summed over several
+/// groups of pixels.
 #[test]
 fn implicit_gemm_forward_matches_native() {
     let g = ConvGeom {
@@ -86,6 +87,8 @@ fn implicit_gemm_forward_matches_native() {
         (2, 40, 16, 16, 6),
         (4, 32, 32, 16, 1),
         (2, 48, 8, 8, 12),
+        // two 256-pixel groups per thread: the weight gradient accumulates across them
+        (4, 32, 32, 32, 7),
     ]
     .iter()
     .enumerate()
@@ -102,6 +105,19 @@ fn implicit_gemm_forward_matches_native() {
             let native = x.as_tensor().conv2d(wt.as_tensor(), 1, 2, 1, 1).unwrap();
             assert!(max_abs_diff(&ours, &native) < 1e-4, "forward {what}");
         }
+    }
+    // a transposed conv's backward runs the same forward and weight-gradient kernels on its
+    // output gradient (32 output channels: 512 im2col rows)
+    for (i, &(b, c_in, side, c_out)) in [(3, 40, 8, 32), (2, 24, 4, 48)].iter().enumerate() {
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 600 + i as u64)).unwrap();
+        let wt = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 700 + i as u64)).unwrap();
+        let ours = conv_transpose2d(x.as_tensor(), wt.as_tensor(), g).unwrap();
+        let native = x
+            .as_tensor()
+            .conv_transpose2d(wt.as_tensor(), 1, 0, 2, 1)
+            .unwrap();
+        let what = format!("transposed {b}x{c_in}x{side}x{side} -> {c_out}");
+        assert_matches_native(&ours, &native, &x, &wt, 800 + i as u64, &what);
     }
 }
 

@@ -22,6 +22,15 @@ const NR: usize = 6;
 /// in L1) and a weight slice `c_out x KC` (at most 256 KB for 256 channels, in L2).
 const KC: usize = 256;
 
+/// Whether [`grad_weight_images`] handles this convolution: [`applies`], and the
+/// `[rows][c_out]` accumulator it updates after every slice of pixels fits in L2 (at most
+/// 512 KB). The 128 → 256-channel layer's 2 MB one (re-read and re-written per slice)
+/// made its weight gradient slower than im2col + gemm (best-of-20: 6.6 → 7.4 ms), while the
+/// 32- to 128-channel layers gain 11-19 % (7.3-7.6 → 6.0 ms, 6.7 → 5.9 ms).
+pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
+    d.col_rows(g) * d.c_out * std::mem::size_of::<f32>() <= 512 << 10 && applies(d, g)
+}
+
 /// Fewer im2col rows than this (under 32 input channels of a 4x4 kernel) stay on im2col +
 /// gemm: with short products the micro-kernel calls and their stores cost more than the copy
 /// saved (best-of-20, batch 64: the 3-channel first encoder layer 1.4 → 1.5-1.8 ms, the
@@ -61,6 +70,7 @@ pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
 pub(super) struct Scratch {
     planes: Vec<f32>,
     strip: Vec<f32>,
+    panel: Vec<f32>,
 }
 
 /// Where each tap reads in the planes and which pixels it covers.
@@ -122,16 +132,8 @@ pub(super) fn forward_images(
     let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
     assert!(x.len() >= cnt * img && y.len() >= cnt * d.c_out * n && wp.len() >= rows * NR);
     // every image's channels as 4 phase planes each, one image after the other, with margins
-    let per_img = d.c_in * 4 * plane;
-    let margin = taps.margin;
-    scratch.planes.resize(cnt * per_img + 2 * margin, 0.0);
-    for i in 0..cnt {
-        for c in 0..d.c_in {
-            let xc = &x[i * img + c * d.h * d.w..][..d.h * d.w];
-            let dst = &mut scratch.planes[margin + i * per_img + c * 4 * plane..][..4 * plane];
-            to_planes(xc, d, 2, dst);
-        }
-    }
+    let (per_img, margin) = (d.c_in * 4 * plane, taps.margin);
+    split_planes(x, cnt, d, margin, &mut scratch.planes);
     scratch.strip.resize(KC * MR, 0.0);
     let ydst = y.as_mut_ptr().cast::<f32>();
     for k0 in (0..rows).step_by(KC) {
@@ -186,6 +188,137 @@ pub(super) fn forward_images(
                 }
             }
         }
+    }
+}
+
+/// Every image's channels as 4 stride-phase planes each (`c_in * 4` planes of `ho x wo` per
+/// image, one image after the other) into `planes`, after `margin` floats and with `margin`
+/// floats after.
+fn split_planes(x: &[f32], cnt: usize, d: &Dims, margin: usize, planes: &mut Vec<f32>) {
+    let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
+    let per_img = d.c_in * 4 * plane;
+    planes.resize(cnt * per_img + 2 * margin, 0.0);
+    for i in 0..cnt {
+        for c in 0..d.c_in {
+            let xc = &x[i * img + c * d.h * d.w..][..d.h * d.w];
+            let dst = &mut planes[margin + i * per_img + c * 4 * plane..][..4 * plane];
+            to_planes(xc, d, 2, dst);
+        }
+    }
+}
+
+/// `acc_t += (∂/∂w)ᵀ` of `conv2d(x, w)` for `cnt` consecutive images of `x` and of the
+/// output gradient `gy` (`[cnt, c_out, ho, wo]`); `acc_t` is `[rows][c_out]` (the transpose
+/// of the weight layout, so that the micro-kernel's 16 output channels are contiguous).
+/// Requires [`applies`] (and is slower than im2col + gemm unless [`applies_grad_weight`]).
+///
+/// The sum over pixels is the product's inner dimension, in slices of [`KC`] pixels: per
+/// slice, the output gradient is packed into 16-channel strips (`[KC][16]`, a transpose), and
+/// each panel of 6 im2col rows is copied from the planes (masked) into a small `[6][KC]`
+/// buffer, then multiplied with every strip.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn grad_weight_images(
+    x: &[f32],
+    gy: &[f32],
+    cnt: usize,
+    taps: &Taps,
+    d: &Dims,
+    g: &ConvGeom,
+    acc_t: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let (kk, n, c_out) = (g.kernel * g.kernel, d.col_cols(), d.c_out);
+    let rows = d.c_in * kk;
+    let plane = d.ho * d.wo;
+    let (per_img, margin) = (d.c_in * 4 * plane, taps.margin);
+    assert!(
+        x.len() >= cnt * d.c_in * d.h * d.w
+            && gy.len() >= cnt * c_out * n
+            && acc_t.len() >= rows * c_out
+    );
+    split_planes(x, cnt, d, margin, &mut scratch.planes);
+    let strips = c_out.div_ceil(MR);
+    let total = cnt * n;
+    for q0 in (0..total).step_by(KC) {
+        let kc = KC.min(total - q0);
+        // output-gradient strips: strip[s][q][ch] = gy[image, 16 s + ch, pixel] (0 past c_out)
+        scratch.strip.clear();
+        scratch.strip.resize(strips * kc * MR, 0.0);
+        for co in 0..c_out {
+            let (s_i, ch) = (co / MR, co % MR);
+            let st = &mut scratch.strip[s_i * kc * MR..][..kc * MR];
+            for_segments(q0, kc, n, |i, p, len, at| {
+                let src = &gy[(i * c_out + co) * n + p..][..len];
+                for (j, &v) in src.iter().enumerate() {
+                    st[(at + j) * MR + ch] = v;
+                }
+            });
+        }
+        scratch.panel.resize(NR * kc, 0.0);
+        for r0 in (0..rows).step_by(NR) {
+            let nr = NR.min(rows - r0);
+            for jj in 0..NR {
+                let row = &mut scratch.panel[jj * kc..][..kc];
+                if jj >= nr {
+                    row.fill(0.0);
+                    continue;
+                }
+                let r = r0 + jj;
+                let (c, t) = (r / kk, r % kk);
+                let (phase, off) = taps.at[t];
+                let mask = &taps.masks[t * n..][..n];
+                for_segments(q0, kc, n, |i, p, len, at| {
+                    let from = ((margin + i * per_img + (c * 4 + phase) * plane + p) as isize + off)
+                        as usize;
+                    let src = &scratch.planes[from..][..len];
+                    for ((o, &v), &m) in row[at..at + len].iter_mut().zip(src).zip(&mask[p..]) {
+                        *o = f32::from_bits(v.to_bits() & m);
+                    }
+                });
+            }
+            for s_i in 0..strips {
+                let co = s_i * MR;
+                // SAFETY: applies() checked FMA; the strip holds kc x 16 floats, the panel
+                // 6 x kc, and the tile (16 channels from co, nr rows from r0) of the
+                // [rows][c_out] accumulator lies inside it (partial tiles are clipped).
+                unsafe {
+                    gemm_f32::microkernel::fma::f32::x2x6(
+                        MR.min(c_out - co),
+                        nr,
+                        kc,
+                        acc_t.as_mut_ptr().add(r0 * c_out + co),
+                        scratch.strip.as_ptr().add(s_i * kc * MR),
+                        scratch.panel.as_ptr(),
+                        c_out as isize,
+                        1,
+                        MR as isize,
+                        1,
+                        kc as isize,
+                        1.0,
+                        1.0,
+                        1,
+                        false,
+                        false,
+                        false,
+                        scratch.strip.as_ptr(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(image, pixel, len, at)` for each run of one image's pixels in the slice of
+/// `kc` pixels from global pixel `q0` (image-major, `n` pixels per image); `at` is the run's
+/// position in the slice.
+fn for_segments(q0: usize, kc: usize, n: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let mut at = 0;
+    while at < kc {
+        let q = q0 + at;
+        let (i, p) = (q / n, q % n);
+        let len = (n - p).min(kc - at);
+        f(i, p, len, at);
+        at += len;
     }
 }
 
