@@ -13,8 +13,10 @@
 //! On non-CPU devices [`conv2d`] and [`conv_transpose2d`] call candle's native ops.
 //!
 //! This file holds the candle ops; `kernels` splits a batch among threads and picks the inner
-//! kernel: `unfold` (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for
-//! at most 4 output channels) or `dot` (weight gradients as register-blocked dot products).
+//! kernel: `implicit` (4x4 stride-2 forward and weight gradient with 32+ input channels,
+//! packing gemm's micro-kernel operands straight from stride-phase planes), `unfold`
+//! (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for at most 4 output
+//! channels) or `dot` (weight gradients as register-blocked dot products).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};

@@ -1,4 +1,4 @@
-//! Implicit-gemm forward for stride-2 convolutions (the VAE's, GAN's and recoders' 4x4
+//! Implicit-gemm forward and weight gradient for stride-2 convolutions (the VAE's, GAN's and recoders' 4x4
 //! stride-2 layers): no im2col matrix. Each image is split once into its stride-phase planes;
 //! then, for each 16-pixel strip and each slice of at most [`KC`] rows of the im2col matrix,
 //! the strip's slice is packed straight from the planes into a small buffer (one unaligned
@@ -8,8 +8,10 @@
 //!
 //! The im2col + gemm route wrote a `[c_in·16, pixels]` matrix (16 times the input) that gemm
 //! then copied again into its own panels; here the packed strip stays in L1 and a weight slice
-//! (≤ 256 KB) in L2 for a whole group of images. The arithmetic is the same products summed
-//! in the same order as gemm's, so outputs match the reference ops to rounding.
+//! (≤ 256 KB) in L2 for a whole group of images. The weight gradient
+//! ([`grad_weight_images`]) works the same way with the roles turned: strips of 16 output
+//! channels of the output gradient against panels of 6 im2col rows, copied (masked) from the
+//! planes per slice of pixels. Outputs match the reference ops to rounding (tests).
 
 use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
 use super::ConvGeom;
