@@ -69,13 +69,14 @@ fn conv2d_matches_native_forward_and_gradients() {
 }
 
 /// 4x4 stride-2 convolutions with 32+ input channels on even sides whose output pixels come
-/// in strips of 16 run the implicit-gemm forward (conv::implicit): one strip per image
+/// in strips of 16 run the implicit-gemm kernels (conv::implicit: forward, weight gradient,
+/// and the input gradient by stride phases): one strip per image
 /// (8x8 → 4x4, images in groups), several strips (16x16, 32x16), output channels not a
 /// multiple of the 6-channel panels, im2col rows in 256-row slices with a partial last one
 /// (33 and 40 input channels: 528 and 640 rows), and weight gradients summed over several
 /// groups of pixels.
 #[test]
-fn implicit_gemm_forward_matches_native() {
+fn implicit_gemm_kernels_match_native() {
     let g = ConvGeom {
         kernel: 4,
         stride: 2,
@@ -108,7 +109,11 @@ fn implicit_gemm_forward_matches_native() {
     }
     // a transposed conv's backward runs the same forward and weight-gradient kernels on its
     // output gradient (32 output channels: 512 im2col rows)
-    for (i, &(b, c_in, side, c_out)) in [(3, 40, 8, 32), (2, 24, 4, 48)].iter().enumerate() {
+    // (80 input channels: the phase-wise forward sums 320 rows in two slices)
+    for (i, &(b, c_in, side, c_out)) in [(3, 40, 8, 32), (2, 24, 4, 48), (2, 80, 4, 32)]
+        .iter()
+        .enumerate()
+    {
         let x = Var::from_tensor(&rand(&[b, c_in, side, side], 600 + i as u64)).unwrap();
         let wt = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 700 + i as u64)).unwrap();
         let ours = conv_transpose2d(x.as_tensor(), wt.as_tensor(), g).unwrap();

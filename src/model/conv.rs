@@ -14,7 +14,8 @@
 //!
 //! This file holds the candle ops; `kernels` splits a batch among threads and picks the inner
 //! kernel: `implicit` (4x4 stride-2 forward and weight gradient with 32+ input channels,
-//! packing gemm's micro-kernel operands straight from stride-phase planes), `unfold`
+//! packing gemm's micro-kernel operands straight from stride-phase planes; `phases`: their
+//! input gradient as four 2x2 convolutions, one per stride phase), `unfold`
 //! (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for at most 4 output
 //! channels) or `dot` (weight gradients as register-blocked dot products).
 
@@ -27,6 +28,8 @@ mod dot;
 mod implicit;
 mod kernels;
 mod mm;
+#[cfg(target_arch = "x86_64")]
+mod phases;
 mod unfold;
 use kernels::{forward, forward_and_grad_weight, grad_input, grad_weight};
 use unfold::Dims;

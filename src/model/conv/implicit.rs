@@ -11,18 +11,25 @@
 //! (≤ 256 KB) in L2 for a whole group of images. The weight gradient
 //! ([`grad_weight_images`]) works the same way with the roles turned: strips of 16 output
 //! channels of the output gradient against panels of 6 im2col rows, copied (masked) from the
-//! planes per slice of pixels. Outputs match the reference ops to rounding (tests).
+//! planes per slice of pixels. The input gradient is in `phases`. Outputs match the
+//! reference ops to rounding (tests).
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::kernels::{group_size, threads};
 use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
 use super::ConvGeom;
+use crate::model::activation::filled_vec;
 
 /// Pixels per strip: gemm's f32 AVX2 micro-kernel height (two 8-wide vectors).
-const MR: usize = 16;
+pub(super) const MR: usize = 16;
 /// Output channels per weight panel: the micro-kernel width.
-const NR: usize = 6;
+pub(super) const NR: usize = 6;
 /// Rows of the im2col matrix per slice: a packed strip slice is `KC x 16` floats (16 KB,
 /// in L1) and a weight slice `c_out x KC` (at most 256 KB for 256 channels, in L2).
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 
 /// Whether [`grad_weight_images`] handles this convolution: [`applies`], and the
 /// `[rows][c_out]` accumulator it updates after every slice of pixels fits in L2 (at most
@@ -70,9 +77,14 @@ pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
 /// Per-thread buffers of [`forward_images`].
 #[derive(Default)]
 pub(super) struct Scratch {
-    planes: Vec<f32>,
-    strip: Vec<f32>,
-    panel: Vec<f32>,
+    /// Input phase planes (or a margin-padded copy of the output gradient).
+    pub(super) planes: Vec<f32>,
+    /// A packed strip (or the weight gradient's output-gradient strips).
+    pub(super) strip: Vec<f32>,
+    /// The weight gradient's panel of im2col rows.
+    pub(super) panel: Vec<f32>,
+    /// The input gradient's phase planes before they are interleaved.
+    pub(super) phases: Vec<f32>,
 }
 
 /// Where each tap reads in the planes and which pixels it covers.
@@ -357,4 +369,72 @@ unsafe fn pack_strip(
         _mm256_storeu_ps(dst.add(r * MR), lo);
         _mm256_storeu_ps(dst.add(r * MR + 8), hi);
     }
+}
+
+/// `conv2d(x, w)` for a batch of `b` images by [`forward_images`] ([`applies`]), in parallel
+/// over groups of images (at least 256 pixels each, so that a weight slice is reused across
+/// them).
+pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    let (rows, n) = (d.col_rows(g), d.col_cols());
+    let img = d.c_in * d.h * d.w;
+    let wp = pack_weights(w, d.c_out, rows);
+    let taps = Taps::new(d, g);
+    let nb = group_size(n).min(b.div_ceil(threads()));
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(nb * d.c_out * n)
+            .enumerate()
+            .for_each_init(Scratch::default, |scratch, (gi, ychunk)| {
+                let cnt = ychunk.len() / (d.c_out * n);
+                let xg = &x[gi * nb * img..][..cnt * img];
+                forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch);
+            })
+    };
+    // SAFETY: the chunks cover the output and forward_images writes every element of each.
+    unsafe { filled_vec(b * d.c_out * n, fill) }
+}
+
+/// `∂/∂w` of `conv2d(x, w)` for a batch by [`grad_weight_images`] ([`applies`]): each thread sums
+/// its share of the images into a transposed (`[rows][c_out]`) accumulator.
+pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    let (rows, n, c_out) = (d.col_rows(g), d.col_cols(), d.c_out);
+    let (img, out) = (d.c_in * d.h * d.w, c_out * n);
+    let taps = Taps::new(d, g);
+    let chunks = threads().min(b).max(1);
+    let per = b.div_ceil(chunks);
+    let nb = group_size(n).min(per);
+    let partial: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc_t = vec![0f32; rows * c_out];
+            let mut scratch = Scratch::default();
+            let (start, end) = (c * per, ((c + 1) * per).min(b));
+            for i0 in (start..end).step_by(nb) {
+                let cnt = nb.min(end - i0);
+                let (xg, gyg) = (&x[i0 * img..][..cnt * img], &gy[i0 * out..][..cnt * out]);
+                grad_weight_images(xg, gyg, cnt, &taps, d, g, &mut acc_t, &mut scratch);
+            }
+            acc_t
+        })
+        .collect();
+    // sum the threads' accumulators, then transpose in 16 x 16 tiles (a plain transpose of a
+    // 2 MB accumulator strides 8 KB per store: it took a fifth of the kernel, perf)
+    let mut parts = partial.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; rows * c_out]);
+    for p in parts {
+        for (o, v) in sum.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    let mut gw = vec![0f32; c_out * rows];
+    const T: usize = 16;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..c_out).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for co in c0..(c0 + T).min(c_out) {
+                    gw[co * rows + r] = sum[r * c_out + co];
+                }
+            }
+        }
+    }
+    gw
 }

@@ -6,15 +6,15 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::implicit;
 use super::mm::{as_uninit, matmul, matmul_into, Mat};
 use super::unfold::{col2im, im2col, Dims};
 use super::{direct, dot, ConvGeom};
+#[cfg(target_arch = "x86_64")]
+use super::{implicit, phases};
 use crate::model::activation::filled_vec;
 
 /// candle's thread count, read once (candle re-reads the CPU mask from `/proc` on each call).
-fn threads() -> usize {
+pub(super) fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
@@ -116,7 +116,7 @@ fn grad_weight_cols(
 const GROUP_PIXELS: usize = 256;
 
 /// Images per group for `n` pixels per image.
-fn group_size(n: usize) -> usize {
+pub(super) fn group_size(n: usize) -> usize {
     GROUP_PIXELS.div_ceil(n.max(1))
 }
 
@@ -185,7 +185,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
     let img = d.c_in * d.h * d.w;
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies(d, g) {
-        return forward_implicit(x, w, b, d, g);
+        return implicit::forward(x, w, b, d, g);
     }
     let use_direct = direct::applies(d, g);
     if b >= threads() && !use_direct {
@@ -233,76 +233,6 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
         }
     }
     y
-}
-
-/// [`forward`] by the implicit-gemm kernel ([`implicit::applies`]), in parallel over groups
-/// of images (at least [`GROUP_PIXELS`] pixels each, so that a weight slice is reused
-/// across them).
-#[cfg(target_arch = "x86_64")]
-fn forward_implicit(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
-    let (rows, n) = (d.col_rows(g), d.col_cols());
-    let img = d.c_in * d.h * d.w;
-    let wp = implicit::pack_weights(w, d.c_out, rows);
-    let taps = implicit::Taps::new(d, g);
-    let nb = group_size(n).min(b.div_ceil(threads()));
-    let fill = |y: &mut [MaybeUninit<f32>]| {
-        y.par_chunks_mut(nb * d.c_out * n)
-            .enumerate()
-            .for_each_init(implicit::Scratch::default, |scratch, (gi, ychunk)| {
-                let cnt = ychunk.len() / (d.c_out * n);
-                let xg = &x[gi * nb * img..][..cnt * img];
-                implicit::forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch);
-            })
-    };
-    // SAFETY: the chunks cover the output and forward_images writes every element of each.
-    unsafe { filled_vec(b * d.c_out * n, fill) }
-}
-
-/// [`grad_weight`] by the implicit-gemm kernel ([`implicit::applies`]): each thread sums
-/// its share of the images into a transposed (`[rows][c_out]`) accumulator.
-#[cfg(target_arch = "x86_64")]
-fn grad_weight_implicit(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
-    let (rows, n, c_out) = (d.col_rows(g), d.col_cols(), d.c_out);
-    let (img, out) = (d.c_in * d.h * d.w, c_out * n);
-    let taps = implicit::Taps::new(d, g);
-    let chunks = threads().min(b).max(1);
-    let per = b.div_ceil(chunks);
-    let nb = group_size(n).min(per);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let mut acc_t = vec![0f32; rows * c_out];
-            let mut scratch = implicit::Scratch::default();
-            let (start, end) = (c * per, ((c + 1) * per).min(b));
-            for i0 in (start..end).step_by(nb) {
-                let cnt = nb.min(end - i0);
-                let (xg, gyg) = (&x[i0 * img..][..cnt * img], &gy[i0 * out..][..cnt * out]);
-                implicit::grad_weight_images(xg, gyg, cnt, &taps, d, g, &mut acc_t, &mut scratch);
-            }
-            acc_t
-        })
-        .collect();
-    // sum the threads' accumulators, then transpose in 16 x 16 tiles (a plain transpose of a
-    // 2 MB accumulator strides 8 KB per store: it took a fifth of the kernel, perf)
-    let mut parts = partial.into_iter();
-    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; rows * c_out]);
-    for p in parts {
-        for (o, v) in sum.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
-    let mut gw = vec![0f32; c_out * rows];
-    const T: usize = 16;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..c_out).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for co in c0..(c0 + T).min(c_out) {
-                    gw[co * rows + r] = sum[r * c_out + co];
-                }
-            }
-        }
-    }
-    gw
 }
 
 /// [`forward`] by the direct kernel ([`direct::applies`]): in parallel over images, or over
@@ -356,8 +286,8 @@ pub(super) fn forward_and_grad_weight(
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
         return (
-            forward_implicit(x, w, b, d, g),
-            grad_weight_implicit(x, gy, b, d, g),
+            implicit::forward(x, w, b, d, g),
+            implicit::grad_weight(x, gy, b, d, g),
         );
     }
     let (rows, n) = (d.col_rows(g), d.col_cols());
@@ -424,6 +354,10 @@ fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32
 }
 
 pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if b >= threads() && phases::applies_grad_input(d, g) {
+        return phases::grad_input(gy, w, b, d, g);
+    }
     // A stride-1 convolution's adjoint is the stride-1 convolution of gy with the flipped,
     // transposed kernel and padding k-1-p. When gy has fewer channels than x (an RGB output
     // conv: 3 vs 16), its im2col is that much smaller than the col2im route's columns.
@@ -548,7 +482,7 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
 pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
-        return grad_weight_implicit(x, gy, b, d, g);
+        return implicit::grad_weight(x, gy, b, d, g);
     }
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let out = d.c_out * n;

@@ -87,7 +87,7 @@ pub(super) fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
 
 /// The inverse of [`to_planes`]: writes every pixel of one channel from its phase planes.
 #[inline(always)]
-fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
+pub(super) fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
     let (hp, wp) = plane_dims(d, s);
     for iy in 0..d.h {
         let (a, ry) = (iy / s, iy % s);

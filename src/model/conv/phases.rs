@@ -1,0 +1,248 @@
+//! The input gradient of a 4x4 stride-2 convolution (a transposed convolution: the
+//! decoder's and generator's up-sampling layers run it forward) by stride phases, with the
+//! micro-kernel and buffers of [`super::implicit`].
+//!
+//! Input pixel `(2a + ry, 2b + rx)` receives exactly the 2 x 2 taps whose phase is `(ry, rx)`, from the
+//! output gradient at `(a - dy, b - dx)`. Each phase plane of `∂/∂x` is then a 2x2
+//! convolution of `gy` (whose pixels are the plane's pixels, since planes are as large as the
+//! output): 16-pixel strips of `gy` shifted by each tap's offset and masked, against per-phase
+//! weight panels. No im2col matrix, no col2im accumulation; the 4 finished planes of each
+//! channel are interleaved into the image once.
+
+use rayon::prelude::*;
+
+use super::implicit::{applies, Scratch, KC, MR, NR};
+use super::kernels::{group_size, threads};
+use super::unfold::{from_planes, tap_phase, Dims};
+use super::ConvGeom;
+
+/// Whether [`grad_input_images`] handles this convolution's input gradient: [`applies`]
+/// with a 4x4 kernel (2 taps per phase and axis).
+pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
+    g.kernel == 4 && applies(d, g)
+}
+
+/// Per-phase weight panels, tap offsets and masks of one convolution.
+pub(super) struct PhaseWeights {
+    /// Per phase: panels of 6 input channels, each `[c_out * 4][6]` (row `co * 4 + j` for the
+    /// phase's tap `j`), zero-padded past `c_in`.
+    panels: Vec<Vec<f32>>,
+    /// Per phase, per tap `j`: the offset of the source in `gy` from the plane pixel.
+    offs: Vec<[isize; 4]>,
+    /// Per phase, per tap `j`, per plane pixel: all ones where the source exists, else 0.
+    masks: Vec<Vec<u32>>,
+    margin: usize,
+}
+
+impl PhaseWeights {
+    /// From the weights `w` (`[c_out, c_in, 4, 4]`); requires [`applies`] (a 4x4 kernel:
+    /// 2 taps per phase and axis).
+    pub(super) fn new(w: &[f32], d: &Dims, g: &ConvGeom) -> Self {
+        let (k, n) = (g.kernel, d.col_cols());
+        let rows = d.c_out * 4;
+        let (mut panels, mut offs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reach = 0isize;
+        for phase in 0..4 {
+            let (ry, rx) = (phase / 2, phase % 2);
+            let taps_y: Vec<(usize, isize)> = (0..k)
+                .filter_map(|ki| {
+                    let (r, dy) = tap_phase(ki, g);
+                    (r == ry).then_some((ki, dy))
+                })
+                .collect();
+            let taps_x: Vec<(usize, isize)> = (0..k)
+                .filter_map(|kj| {
+                    let (r, dx) = tap_phase(kj, g);
+                    (r == rx).then_some((kj, dx))
+                })
+                .collect();
+            let mut off = [0isize; 4];
+            let mut mask = vec![0u32; 4 * n];
+            let mut tap_k = [(0usize, 0usize); 4];
+            for (j, ((ki, dy), (kj, dx))) in taps_y
+                .iter()
+                .flat_map(|a| taps_x.iter().map(move |b| (*a, *b)))
+                .enumerate()
+                .take(4)
+            {
+                tap_k[j] = (ki, kj);
+                off[j] = -(dy * d.wo as isize + dx);
+                reach = reach.max(off[j].abs());
+                let m = &mut mask[j * n..][..n];
+                for a in 0..d.ho {
+                    let oy = a as isize - dy;
+                    if oy < 0 || oy >= d.ho as isize {
+                        continue;
+                    }
+                    for b in 0..d.wo {
+                        let ox = b as isize - dx;
+                        if ox >= 0 && ox < d.wo as isize {
+                            m[a * d.wo + b] = u32::MAX;
+                        }
+                    }
+                }
+            }
+            let mut p = vec![0f32; d.c_in.div_ceil(NR) * rows * NR];
+            for ci in 0..d.c_in {
+                let panel = &mut p[(ci / NR) * rows * NR..][..rows * NR];
+                for co in 0..d.c_out {
+                    for (j, &(ki, kj)) in tap_k.iter().enumerate() {
+                        panel[(co * 4 + j) * NR + ci % NR] =
+                            w[((co * d.c_in + ci) * k + ki) * k + kj];
+                    }
+                }
+            }
+            panels.push(p);
+            offs.push(off);
+            masks.push(mask);
+        }
+        Self {
+            panels,
+            offs,
+            masks,
+            margin: (reach as usize + MR).next_multiple_of(16),
+        }
+    }
+}
+
+/// `∂/∂x` of `conv2d(x, w)` for `cnt` consecutive images of the output gradient `gy`
+/// (`[cnt, c_out, ho, wo]`) into `gx` (`[cnt, c_in, h, w]`, every element written), with
+/// `pw` from [`PhaseWeights::new`]. Requires [`applies`].
+pub(super) fn grad_input_images(
+    gy: &[f32],
+    cnt: usize,
+    pw: &PhaseWeights,
+    d: &Dims,
+    gx: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let n = d.col_cols();
+    let (rows, plane, out) = (d.c_out * 4, n, d.c_out * n);
+    assert!(gy.len() >= cnt * out && gx.len() >= cnt * d.c_in * d.h * d.w);
+    // gy with margins, so that shifted strip loads stay inside the buffer
+    let margin = pw.margin;
+    scratch.planes.clear();
+    scratch.planes.resize(margin, 0.0);
+    scratch.planes.extend_from_slice(&gy[..cnt * out]);
+    scratch.planes.resize(cnt * out + 2 * margin, 0.0);
+    // the 4 phase planes of every input channel: [image][c_in][phase][plane]
+    scratch.phases.resize(cnt * d.c_in * 4 * plane, 0.0);
+    scratch.strip.resize(KC * MR, 0.0);
+    let dst = scratch.phases.as_mut_ptr();
+    for phase in 0..4 {
+        let (offs, mask) = (&pw.offs[phase], &pw.masks[phase]);
+        for k0 in (0..rows).step_by(KC) {
+            let kc = KC.min(rows - k0);
+            for i in 0..cnt {
+                for p0 in (0..n).step_by(MR) {
+                    // SAFETY: applies() checked AVX2; reads stay within the margins.
+                    unsafe {
+                        pack_gy_strip(
+                            &scratch.planes,
+                            margin + i * out,
+                            n,
+                            offs,
+                            mask,
+                            p0,
+                            k0,
+                            kc,
+                            &mut scratch.strip,
+                        )
+                    };
+                    for (j, panel) in pw.panels[phase].chunks_exact(rows * NR).enumerate() {
+                        let ci = j * NR;
+                        // SAFETY: FMA checked by applies(); the tile (16 plane pixels from p0,
+                        // channels ci.. ci + 6 clipped to c_in) lies inside image i's phase
+                        // planes.
+                        unsafe {
+                            gemm_f32::microkernel::fma::f32::x2x6(
+                                MR,
+                                NR.min(d.c_in - ci),
+                                kc,
+                                dst.add(((i * d.c_in + ci) * 4 + phase) * plane + p0),
+                                scratch.strip.as_ptr(),
+                                panel.as_ptr().add(k0 * NR),
+                                (4 * plane) as isize,
+                                1,
+                                MR as isize,
+                                NR as isize,
+                                1,
+                                1.0,
+                                1.0,
+                                u8::from(k0 > 0),
+                                false,
+                                false,
+                                false,
+                                scratch.strip.as_ptr(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let img = d.c_in * d.h * d.w;
+    for i in 0..cnt {
+        for ci in 0..d.c_in {
+            let planes = &scratch.phases[(i * d.c_in + ci) * 4 * plane..][..4 * plane];
+            from_planes(
+                planes,
+                d,
+                2,
+                &mut gx[i * img + ci * d.h * d.w..][..d.h * d.w],
+            );
+        }
+    }
+}
+
+/// Rows `k0..k0 + kc` (`co * 4 + tap`) of one phase's strip at plane pixels `p0..p0 + 16`:
+/// `gy[co, p + off[tap]]` where the mask allows, else 0; `gy` is one image's output
+/// gradient at `src[base..]`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_gy_strip(
+    src: &[f32],
+    base: usize,
+    n: usize,
+    offs: &[isize; 4],
+    mask: &[u32],
+    p0: usize,
+    k0: usize,
+    kc: usize,
+    strip: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(strip.len() >= kc * MR);
+    let dst = strip.as_mut_ptr();
+    for r in 0..kc {
+        let k = k0 + r;
+        let (co, j) = (k / 4, k % 4);
+        let from = (base + co * n + p0) as isize + offs[j];
+        debug_assert!(from >= 0 && from as usize + MR <= src.len());
+        let m = mask.as_ptr().add(j * n + p0).cast::<f32>();
+        let s = src.as_ptr().offset(from);
+        let lo = _mm256_and_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(m));
+        let hi = _mm256_and_ps(_mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(m.add(8)));
+        _mm256_storeu_ps(dst.add(r * MR), lo);
+        _mm256_storeu_ps(dst.add(r * MR + 8), hi);
+    }
+}
+
+/// `∂/∂x` of `conv2d(x, w)` for a batch by [`grad_input_images`], in parallel over
+/// groups of images.
+pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    let (n, img) = (d.col_cols(), d.c_in * d.h * d.w);
+    let out = d.c_out * n;
+    let pw = PhaseWeights::new(w, d, g);
+    let nb = group_size(n).min(b.div_ceil(threads()));
+    let mut gx = vec![0f32; b * img];
+    gx.par_chunks_mut(nb * img).enumerate().for_each_init(
+        Scratch::default,
+        |scratch, (gi, gxchunk)| {
+            let cnt = gxchunk.len() / img;
+            let gyg = &gy[gi * nb * out..][..cnt * out];
+            grad_input_images(gyg, cnt, &pw, d, gxchunk, scratch);
+        },
+    );
+    gx
+}
