@@ -34,8 +34,10 @@ pub(super) const KC: usize = 256;
 /// Whether [`grad_weight_images`] handles this convolution: [`applies`], and the
 /// `[rows][c_out]` accumulator it updates after every slice of pixels fits in L2 (at most
 /// 512 KB). The 128 → 256-channel layer's 2 MB one (re-read and re-written per slice)
-/// made its weight gradient slower than im2col + gemm (best-of-20: 6.6 → 7.4 ms), while the
-/// 32- to 128-channel layers gain 11-19 % (7.3-7.6 → 6.0 ms, 6.7 → 5.9 ms).
+/// made its weight gradient slower than im2col + gemm (best-of-20: 6.6 → 7.4 ms; taking its
+/// output channels in blocks of 64, each with a 512 KB accumulator, was slower still:
+/// 8.6 ms), while the 32- to 128-channel layers gain 11-19 % (7.3-7.6 → 6.0 ms,
+/// 6.7 → 5.9 ms).
 pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
     d.col_rows(g) * d.c_out * std::mem::size_of::<f32>() <= 512 << 10 && applies(d, g)
 }
