@@ -403,3 +403,75 @@ fn wrong_shapes_are_errors_not_panics() {
     assert!(conv2d(&x, &w, g).is_err());
     assert!(conv2d(&x.to_dtype(candle_core::DType::F64).unwrap(), &w, g).is_err());
 }
+
+/// `conv2d_bias_leaky` / `conv_transpose2d_bias_leaky` (one fused autograd node) equal
+/// leaky(native conv + bias) in value and in the gradients of x, w and b; also with an input
+/// that needs no gradient (a first layer) and on the implicit-gemm shapes.
+#[test]
+fn fused_conv_bias_leaky_matches_composite() {
+    use latent_atlas::model::conv::{conv2d_bias_leaky, conv_transpose2d_bias_leaky};
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let slope = 0.2;
+    let leaky = |y: &Tensor| y.maximum(&(y * slope as f64).unwrap()).unwrap();
+    for (i, &(transposed, b, c_in, side, c_out, first)) in [
+        (false, 3, 5, 13, 7, false),
+        (false, 2, 32, 16, 12, false),
+        (false, 2, 3, 16, 8, true),
+        (true, 2, 6, 5, 4, false),
+        (true, 3, 40, 8, 32, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 900 + 10 * i as u64;
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], seed)).unwrap();
+        let wshape = if transposed {
+            [c_in, c_out, 4, 4]
+        } else {
+            [c_out, c_in, 4, 4]
+        };
+        let w = Var::from_tensor(&rand(&wshape, seed + 1)).unwrap();
+        let bias = Var::from_tensor(&rand(&[c_out], seed + 2)).unwrap();
+        let xin = if first {
+            x.as_tensor().detach()
+        } else {
+            x.as_tensor().clone()
+        };
+        let (ours, pre) = if transposed {
+            (
+                conv_transpose2d_bias_leaky(&xin, w.as_tensor(), bias.as_tensor(), g, slope)
+                    .unwrap(),
+                xin.conv_transpose2d(w.as_tensor(), 1, 0, 2, 1).unwrap(),
+            )
+        } else {
+            (
+                conv2d_bias_leaky(&xin, w.as_tensor(), bias.as_tensor(), g, slope).unwrap(),
+                xin.conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap(),
+            )
+        };
+        let bb = bias.as_tensor().reshape((1, c_out, 1, 1)).unwrap();
+        let reference = leaky(&pre.broadcast_add(&bb).unwrap());
+        let what = format!("case {i}");
+        assert!(max_abs_diff(&ours, &reference) < 1e-4, "forward {what}");
+        let r = rand(ours.dims(), seed + 3);
+        let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (go, gr) = (grads(&ours), grads(&reference));
+        for (v, name, tol) in [(&w, "w", 1e-3), (&bias, "b", 1e-3)] {
+            let d = max_abs_diff(go.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(d < tol, "grad {name} {what}: {d}");
+        }
+        if first {
+            assert!(
+                go.get(&x).is_none(),
+                "a detached input gets no gradient ({what})"
+            );
+        } else {
+            let d = max_abs_diff(go.get(&x).unwrap(), gr.get(&x).unwrap());
+            assert!(d < 1e-4, "grad x {what}: {d}");
+        }
+    }
+}

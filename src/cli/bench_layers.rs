@@ -1,6 +1,7 @@
 //! `latent-atlas bench --layers`: per-layer times of the fast convolutions on the shipped VAE's
-//! shapes (batch 64, base width 32), forward and the two backward kernels, median of many
-//! repeats. A profiling aid: it shows which layer and which kernel a change to `model::conv`
+//! shapes (batch 64, base width 32), each with its bias and a leaky ReLU as the models run
+//! them (one fused op), forward and the two backward kernels, median of many repeats
+//! (`bench/torch_layers.py` times the same layers in PyTorch). A profiling aid: it shows which layer and which kernel a change to `model::conv`
 //! moves, with far less noise than a whole training step on a shared 2-core machine.
 
 use std::time::Instant;
@@ -9,8 +10,8 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
 
-use crate::model::channel_op::add_bias;
-use crate::model::conv::{conv2d, conv_transpose2d, ConvGeom};
+use crate::model::conv::{conv2d_bias_leaky, conv_transpose2d_bias_leaky, ConvGeom};
+use crate::model::layers::LEAKY_SLOPE;
 
 /// Options of the per-layer benchmark.
 #[derive(Debug, Args)]
@@ -137,12 +138,12 @@ pub fn run(a: &LayerArgs) -> Result<()> {
         let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, wshape, &dev)? * 0.05)?)?;
         let bias = Var::from_tensor(&Tensor::zeros(l.c_out, candle_core::DType::F32, &dev)?)?;
         let fwd = || -> Result<Tensor> {
-            let y = if l.transposed {
-                conv_transpose2d(&x_in, w.as_tensor(), l.geom)?
+            let (w, b) = (w.as_tensor(), bias.as_tensor());
+            Ok(if l.transposed {
+                conv_transpose2d_bias_leaky(&x_in, w, b, l.geom, LEAKY_SLOPE)?
             } else {
-                conv2d(&x_in, w.as_tensor(), l.geom)?
-            };
-            Ok(add_bias(&y, bias.as_tensor())?)
+                conv2d_bias_leaky(&x_in, w, b, l.geom, LEAKY_SLOPE)?
+            })
         };
         let f_ms = median_ms(a.layers_repeats, || {
             fwd()?;

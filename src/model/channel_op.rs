@@ -306,8 +306,32 @@ impl CustomOp2 for ChannelSums2 {
     }
 }
 
+/// `leaky_relu(y + bias[c], slope)` on the raw `[B, C, hw]` values of `y` (the fused conv
+/// ops' epilogue): one parallel pass into a new buffer.
+pub(crate) fn bias_leaky_rows(
+    y: &[f32],
+    bias: &[f32],
+    c: usize,
+    hw: usize,
+    slope: f32,
+) -> Vec<f32> {
+    affine_leaky_rows(y, None, Some(bias), c, hw, slope)
+}
+
+/// The backward of a bias + leaky ReLU epilogue with output `res`: (the gradient before the
+/// activation, the bias gradient `[C]`).
+pub(crate) fn bias_leaky_grads(
+    grad: &Tensor,
+    res: &Tensor,
+    slope: f32,
+) -> Result<(Tensor, Tensor)> {
+    let g = before_leaky(grad, res, Some(slope))?;
+    let gb = g.apply_op1_no_bwd(&ChannelSum)?;
+    Ok((g, gb))
+}
+
 /// Slopes the fused activations accept: the output's sign must be the pre-activation's.
-fn fusable_slope(slope: f32) -> bool {
+pub(crate) fn fusable_slope(slope: f32) -> bool {
     slope > 0.0 && slope.is_finite()
 }
 

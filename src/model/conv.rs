@@ -289,6 +289,119 @@ impl CustomOp3 for TransposedBackward {
     }
 }
 
+/// `leaky_relu(conv(x, w) + b, slope)` (a [`ConvOp`] forward or transposed kernel) as one
+/// autograd node. Split into a conv node and a bias + activation node, candle zero-fills a
+/// buffer the size of the conv output and adds the activation's gradient into it before the
+/// conv's backward reads it (its `zeros_like` + `add` per accumulated gradient); here the
+/// gradient before the activation goes straight to the conv kernels.
+struct ConvBiasLeaky {
+    conv: ConvOp,
+    slope: f32,
+}
+
+impl CustomOp3 for ConvBiasLeaky {
+    fn name(&self) -> &'static str {
+        "fast-conv-bias-leaky-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let CpuStorage::F32(y) = y else {
+            candle_core::bail!("fast conv + bias + leaky: conv output must be f32")
+        };
+        let (_, c, h, w) = shape.dims4()?;
+        let bias = f32_slice(s3, l3, "bias")?;
+        if bias.len() != c {
+            candle_core::bail!(
+                "fast conv + bias + leaky: bias {:?} for {c} output channels",
+                l3.shape()
+            )
+        }
+        let out = crate::model::channel_op::bias_leaky_rows(&y, bias, c, h * w, self.slope);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (g, gb) = crate::model::channel_op::bias_leaky_grads(grad, res, self.slope)?;
+        let (gx, gw) = self.conv.bwd(x, w, res, &g)?;
+        Ok((gx, gw, Some(gb)))
+    }
+}
+
+/// `leaky_relu(conv2d(x, w) + b, slope)`: one fused autograd node on the CPU (f32, slope > 0),
+/// the separate ops elsewhere.
+pub fn conv2d_bias_leaky(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    geom: ConvGeom,
+    slope: f32,
+) -> candle_core::Result<Tensor> {
+    if fusable(x, w, b, slope) {
+        let op = ConvOp {
+            kernel: Kernel::Forward,
+            geom,
+        };
+        return x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            ConvBiasLeaky { conv: op, slope },
+        );
+    }
+    crate::model::channel_op::add_bias_leaky(&conv2d(x, w, geom)?, b, slope)
+}
+
+/// `leaky_relu(conv_transpose2d(x, w) + b, slope)`: fused like [`conv2d_bias_leaky`].
+pub fn conv_transpose2d_bias_leaky(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    geom: ConvGeom,
+    slope: f32,
+) -> candle_core::Result<Tensor> {
+    if fusable(x, w, b, slope) {
+        let (_, _, h, wd) = x.dims4()?;
+        let (in_h, in_w) = (geom.transposed_out(h), geom.transposed_out(wd));
+        if geom.conv_out(in_h) == h && geom.conv_out(in_w) == wd {
+            let op = ConvOp {
+                kernel: Kernel::GradInput { in_h, in_w },
+                geom,
+            };
+            return x.contiguous()?.apply_op3(
+                &w.contiguous()?,
+                &b.contiguous()?,
+                ConvBiasLeaky { conv: op, slope },
+            );
+        }
+    }
+    crate::model::channel_op::add_bias_leaky(&conv_transpose2d(x, w, geom)?, b, slope)
+}
+
+fn fusable(x: &Tensor, w: &Tensor, b: &Tensor, slope: f32) -> bool {
+    use candle_core::DType::F32;
+    x.device().is_cpu()
+        && x.dtype() == F32
+        && w.dtype() == F32
+        && b.dtype() == F32
+        && x.rank() == 4
+        && crate::model::channel_op::fusable_slope(slope)
+}
+
 /// 2-D convolution without bias: x `[B, Ci, H, W]`, w `[Co, Ci, k, k]` → `[B, Co, Ho, Wo]`.
 /// Fast gemm path on the CPU, candle's native op elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::Result<Tensor> {

@@ -47,10 +47,9 @@ impl Module for Conv {
 }
 
 impl Conv {
-    /// `leaky(forward(x))` with the bias and the activation in one fused op.
+    /// `leaky(forward(x))`: convolution, bias and activation in one fused op.
     pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv::conv2d(x, &self.weight, self.geom)?;
-        channel_op::add_bias_leaky(&y, &self.bias, LEAKY_SLOPE)
+        conv::conv2d_bias_leaky(x, &self.weight, &self.bias, self.geom, LEAKY_SLOPE)
     }
 }
 
@@ -95,10 +94,11 @@ impl Module for ConvT {
 impl ConvT {
     /// `leaky(forward(x))` with the bias and the activation in one fused op.
     pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv::conv_transpose2d(x, &self.weight, self.geom)?;
         match &self.bias {
-            Some(b) => channel_op::add_bias_leaky(&y, b, LEAKY_SLOPE),
-            None => leaky(&y),
+            Some(b) => {
+                conv::conv_transpose2d_bias_leaky(x, &self.weight, b, self.geom, LEAKY_SLOPE)
+            }
+            None => leaky(&conv::conv_transpose2d(x, &self.weight, self.geom)?),
         }
     }
 }
