@@ -354,7 +354,6 @@ unsafe fn pack_strip(
     kc: usize,
     strip: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     debug_assert!(strip.len() >= kc * MR);
     let src = planes.as_ptr();
     let dst = strip.as_mut_ptr();
@@ -364,13 +363,25 @@ unsafe fn pack_strip(
         let (phase, off) = taps.at[t];
         let from = (base + (c * 4 + phase) * plane + p0) as isize + off;
         debug_assert!(from >= 0 && from as usize + MR <= planes.len());
-        let m = taps.masks.as_ptr().add(t * n + p0).cast::<__m256>();
-        let s = src.offset(from);
-        let lo = _mm256_and_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(m.cast()));
-        let hi = _mm256_and_ps(_mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(m.add(1).cast()));
-        _mm256_storeu_ps(dst.add(r * MR), lo);
-        _mm256_storeu_ps(dst.add(r * MR + 8), hi);
+        masked_row(
+            src.offset(from),
+            taps.masks.as_ptr().add(t * n + p0),
+            dst.add(r * MR),
+        );
     }
+}
+
+/// `dst[i] = src[i] & mask[i]` for 16 floats (a mask of all ones keeps the value, 0 gives
+/// +0.0 whatever `src` holds): one row of a packed strip.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn masked_row(src: *const f32, mask: *const u32, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let m = mask.cast::<f32>();
+    let lo = _mm256_and_ps(_mm256_loadu_ps(src), _mm256_loadu_ps(m));
+    let hi = _mm256_and_ps(_mm256_loadu_ps(src.add(8)), _mm256_loadu_ps(m.add(8)));
+    _mm256_storeu_ps(dst, lo);
+    _mm256_storeu_ps(dst.add(8), hi);
 }
 
 /// `conv2d(x, w)` for a batch of `b` images by [`forward_images`] ([`applies`]), in parallel

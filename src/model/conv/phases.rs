@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, Scratch, KC, MR, NR};
+use super::implicit::{applies, masked_row, Scratch, KC, MR, NR};
 use super::kernels::{group_size, threads};
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
@@ -211,7 +211,6 @@ unsafe fn pack_gy_strip(
     kc: usize,
     strip: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     debug_assert!(strip.len() >= kc * MR);
     let dst = strip.as_mut_ptr();
     for r in 0..kc {
@@ -219,12 +218,11 @@ unsafe fn pack_gy_strip(
         let (co, j) = (k / 4, k % 4);
         let from = (base + co * n + p0) as isize + offs[j];
         debug_assert!(from >= 0 && from as usize + MR <= src.len());
-        let m = mask.as_ptr().add(j * n + p0).cast::<f32>();
-        let s = src.as_ptr().offset(from);
-        let lo = _mm256_and_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(m));
-        let hi = _mm256_and_ps(_mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(m.add(8)));
-        _mm256_storeu_ps(dst.add(r * MR), lo);
-        _mm256_storeu_ps(dst.add(r * MR + 8), hi);
+        masked_row(
+            src.as_ptr().offset(from),
+            mask.as_ptr().add(j * n + p0),
+            dst.add(r * MR),
+        );
     }
 }
 
