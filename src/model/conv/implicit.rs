@@ -180,25 +180,13 @@ pub(super) fn forward_images(
                     // panel rows x 6, and the 16 x `cols` tile of y is inside image i's output
                     // (p0 + 16 <= n, co + cols <= c_out).
                     unsafe {
-                        gemm_f32::microkernel::fma::f32::x2x6(
-                            MR,
-                            cols,
-                            kc,
+                        tile(
+                            (MR, cols, kc),
                             ydst.add((i * d.c_out + co) * n + p0),
+                            n,
                             scratch.strip.as_ptr(),
-                            panel.as_ptr().add(k0 * NR),
-                            n as isize,
-                            1,
-                            MR as isize,
-                            NR as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            u8::from(k0 > 0),
-                            false,
-                            false,
-                            false,
-                            scratch.strip.as_ptr(),
+                            (panel.as_ptr().add(k0 * NR), NR, 1),
+                            k0 > 0,
                         );
                     }
                 }
@@ -298,25 +286,13 @@ pub(super) fn grad_weight_images(
                 // 6 x kc, and the tile (16 channels from co, nr rows from r0) of the
                 // [rows][c_out] accumulator lies inside it (partial tiles are clipped).
                 unsafe {
-                    gemm_f32::microkernel::fma::f32::x2x6(
-                        MR.min(c_out - co),
-                        nr,
-                        kc,
+                    tile(
+                        (MR.min(c_out - co), nr, kc),
                         acc_t.as_mut_ptr().add(r0 * c_out + co),
+                        c_out,
                         scratch.strip.as_ptr().add(s_i * kc * MR),
-                        scratch.panel.as_ptr(),
-                        c_out as isize,
-                        1,
-                        MR as isize,
-                        1,
-                        kc as isize,
-                        1.0,
-                        1.0,
-                        1,
-                        false,
-                        false,
-                        false,
-                        scratch.strip.as_ptr(),
+                        (scratch.panel.as_ptr(), 1, kc),
+                        true,
                     );
                 }
             }
@@ -369,6 +345,47 @@ unsafe fn pack_strip(
             dst.add(r * MR),
         );
     }
+}
+
+/// One micro-kernel call (gemm_f32's 16 x 6 AVX2/FMA kernel): `dst (+)= strip · panel` for
+/// an `m x n` tile (`m ≤ 16` pixels or channels, contiguous in `dst`; `n ≤ 6` columns
+/// `dst_cs` apart) over `k` steps. `strip` is packed `[k][16]`; the panel's element
+/// `(step, column)` is at `panel + step * rhs_rs + column * rhs_cs` and it must hold all 6
+/// columns (zero past `n`). With `accumulate` the tile is added to `dst`, else stored (`dst`
+/// is not read).
+///
+/// # Safety
+/// The CPU has FMA; `strip` holds `16 k` floats, the panel every element named above, and
+/// `dst` the whole `m x n` tile.
+#[inline]
+pub(super) unsafe fn tile(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_cs: usize,
+    strip: *const f32,
+    (panel, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    accumulate: bool,
+) {
+    gemm_f32::microkernel::fma::f32::x2x6(
+        m,
+        n,
+        k,
+        dst,
+        strip,
+        panel,
+        dst_cs as isize,
+        1,
+        MR as isize,
+        rhs_rs as isize,
+        rhs_cs as isize,
+        1.0,
+        1.0,
+        u8::from(accumulate),
+        false,
+        false,
+        false,
+        strip,
+    );
 }
 
 /// `dst[i] = src[i] & mask[i]` for 16 floats (a mask of all ones keeps the value, 0 gives

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, masked_row, Scratch, KC, MR, NR};
+use super::implicit::{applies, masked_row, tile, Scratch, KC, MR, NR};
 use super::kernels::{group_size, threads};
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
@@ -155,25 +155,13 @@ pub(super) fn grad_input_images(
                         // channels ci.. ci + 6 clipped to c_in) lies inside image i's phase
                         // planes.
                         unsafe {
-                            gemm_f32::microkernel::fma::f32::x2x6(
-                                MR,
-                                NR.min(d.c_in - ci),
-                                kc,
+                            tile(
+                                (MR, NR.min(d.c_in - ci), kc),
                                 dst.add(((i * d.c_in + ci) * 4 + phase) * plane + p0),
+                                4 * plane,
                                 scratch.strip.as_ptr(),
-                                panel.as_ptr().add(k0 * NR),
-                                (4 * plane) as isize,
-                                1,
-                                MR as isize,
-                                NR as isize,
-                                1,
-                                1.0,
-                                1.0,
-                                u8::from(k0 > 0),
-                                false,
-                                false,
-                                false,
-                                scratch.strip.as_ptr(),
+                                (panel.as_ptr().add(k0 * NR), NR, 1),
+                                k0 > 0,
                             );
                         }
                     }
