@@ -475,3 +475,53 @@ fn fused_conv_bias_leaky_matches_composite() {
         }
     }
 }
+
+#[test]
+fn frozen_discriminator_passes_the_same_input_gradient_and_no_weight_gradients() {
+    use candle_nn::{VarBuilder, VarMap};
+    use latent_atlas::model::gan::Discriminator;
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let disc = Discriminator::new(
+        VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
+        8,
+    )
+    .unwrap();
+    // nudge the zero-initialised biases and batch-norm shifts so that they matter
+    for (i, v) in vm.all_vars().iter().enumerate() {
+        let noise = rand(v.dims(), 100 + i as u64).affine(0.05, 0.0).unwrap();
+        v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+    }
+    let x = Var::from_tensor(&rand(&[4, 3, 64, 64], 7)).unwrap();
+    let live = disc.forward(x.as_tensor()).unwrap();
+    let frozen = disc.frozen().forward(x.as_tensor()).unwrap();
+    assert_eq!(max_abs_diff(&live, &frozen), 0.0, "frozen forward differs");
+    let g_live = live.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let g_frozen = frozen.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let (a, b) = (
+        g_live.get(x.as_tensor()).expect("live input gradient"),
+        g_frozen.get(x.as_tensor()).expect("frozen input gradient"),
+    );
+    let scale = a
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(scale > 0.0);
+    assert!(max_abs_diff(a, b) <= 1e-5 * scale, "input gradients differ");
+    let vars = vm.all_vars();
+    // 4 conv weights and biases, 3 batch-norm scales and shifts, the head's weight and bias
+    let live_count = vars
+        .iter()
+        .filter(|v| g_live.get(v.as_tensor()).is_some())
+        .count();
+    assert_eq!(live_count, 16, "live pass gradients");
+    for v in &vars {
+        assert!(
+            g_frozen.get(v.as_tensor()).is_none(),
+            "frozen pass computed a weight gradient"
+        );
+    }
+}

@@ -71,11 +71,6 @@ impl Part {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn time_median(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
@@ -86,7 +81,7 @@ fn time_median(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>)
         f()?;
         ts.push(t0.elapsed().as_secs_f64());
     }
-    Ok(median(ts))
+    Ok(crate::model::train::median(&mut ts))
 }
 
 fn random_dataset(n: usize) -> Dataset {
@@ -112,7 +107,8 @@ fn random_dataset(n: usize) -> Dataset {
     }
 }
 
-/// Images/s of the real training loop: the second of two short epochs (the first warms up).
+/// Images/s of the real training loop: batch size over the median step time of the second of
+/// two short epochs (the first warms up), the statistic the PyTorch reference reports too.
 fn train_throughput(
     kind: TrainKind,
     data: &Dataset,
@@ -149,7 +145,13 @@ fn train_throughput(
         .state
         .history
         .last()
-        .map(|h| h.images_per_sec)
+        .map(|h| {
+            if h.median_step_secs > 0.0 {
+                opts.batch_size as f64 / h.median_step_secs
+            } else {
+                h.images_per_sec
+            }
+        })
         .unwrap_or(0.0))
 }
 

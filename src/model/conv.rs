@@ -207,14 +207,20 @@ impl CustomOp2 for ConvOp {
                 } else {
                     None
                 };
-                let gb = a.apply_op2_no_bwd(
-                    &grad,
-                    &ConvOp {
-                        kernel: Kernel::GradWeight,
-                        geom: g,
-                    },
-                )?;
-                Ok((ga, Some(gb)))
+                // Nor is the weight gradient of a frozen (detached) weight, such as the
+                // discriminator's in a generator step.
+                let gb = if b.track_op() {
+                    Some(a.apply_op2_no_bwd(
+                        &grad,
+                        &ConvOp {
+                            kernel: Kernel::GradWeight,
+                            geom: g,
+                        },
+                    )?)
+                } else {
+                    None
+                };
+                Ok((ga, gb))
             }
             Kernel::GradInput { .. } => {
                 // a = gy-like input of the transposed conv, b = weight, result has the conv-input
@@ -333,13 +339,13 @@ impl CustomOp3 for ConvBiasLeaky {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (g, gb) = crate::model::channel_op::bias_leaky_grads(grad, res, self.slope)?;
         let (gx, gw) = self.conv.bwd(x, w, res, &g)?;
-        Ok((gx, gw, Some(gb)))
+        Ok((gx, gw, b.track_op().then_some(gb)))
     }
 }
 

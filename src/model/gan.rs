@@ -58,6 +58,20 @@ impl Discriminator {
         let head = linear(vb.pp("head"), ConvEncoder::features(c), 1)?;
         Ok(Self { convs, norms, head })
     }
+    /// The same discriminator with every parameter detached: the generator step passes its
+    /// gradient through it to the images without computing (then discarding) the
+    /// discriminator's own weight gradients.
+    pub fn frozen(&self) -> Self {
+        let head = candle_nn::Linear::new(
+            self.head.weight().detach(),
+            self.head.bias().map(Tensor::detach),
+        );
+        Self {
+            convs: self.convs.iter().map(Conv::frozen).collect(),
+            norms: self.norms.iter().map(BatchNorm::frozen).collect(),
+            head,
+        }
+    }
     /// `[n, 3, 64, 64]` → logits `[n, 1]` (batch statistics).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.convs[0].forward_leaky(x)?;
@@ -218,8 +232,12 @@ impl Gan {
     }
     /// Images → real/fake logits `[n, 1]`; errors when built without a discriminator.
     pub fn discriminate(&self, x: &Tensor) -> Result<Tensor> {
+        self.discriminator()?.forward(x)
+    }
+    /// The discriminator; errors when loaded without one.
+    pub fn discriminator(&self) -> Result<&Discriminator> {
         match &self.disc {
-            Some(d) => d.forward(x),
+            Some(d) => Ok(d),
             None => candle_core::bail!("this GAN was loaded without its discriminator"),
         }
     }

@@ -47,6 +47,15 @@ impl Module for Conv {
 }
 
 impl Conv {
+    /// The same layer with its parameters detached: gradients flow through it to its input
+    /// but none is computed for (or reaches) its weight and bias.
+    pub fn frozen(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            geom: self.geom,
+        }
+    }
     /// `leaky(forward(x))`: convolution, bias and activation in one fused op.
     pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
         conv::conv2d_bias_leaky(x, &self.weight, &self.bias, self.geom, LEAKY_SLOPE)
@@ -154,6 +163,16 @@ impl BatchNorm {
             running_var: vb.get(c, "running_var")?,
             name: vb.prefix(),
         })
+    }
+    /// The same layer with its parameters detached (see [`Conv::frozen`]).
+    pub fn frozen(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            running_mean: self.running_mean.detach(),
+            running_var: self.running_var.detach(),
+            name: self.name.clone(),
+        }
     }
     /// Variable-name prefix (e.g. `gen.n0`).
     pub fn name(&self) -> &str {

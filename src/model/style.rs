@@ -357,8 +357,12 @@ impl Style {
     }
     /// Images → real/fake logits `[n, 1]`; errors when built without a discriminator.
     pub fn discriminate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.discriminator()?.forward(x)
+    }
+    /// The discriminator; errors when loaded without one.
+    pub fn discriminator(&self) -> candle_core::Result<&Discriminator> {
         match &self.disc {
-            Some(d) => d.forward(x),
+            Some(d) => Ok(d),
             None => candle_core::bail!("this style model was loaded without its discriminator"),
         }
     }

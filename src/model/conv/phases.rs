@@ -113,7 +113,7 @@ pub(super) fn grad_input_images(
     cnt: usize,
     pw: &PhaseWeights,
     d: &Dims,
-    gx: &mut [f32],
+    gx: &mut [std::mem::MaybeUninit<f32>],
     scratch: &mut Scratch,
 ) {
     let n = d.col_cols();
@@ -221,14 +221,17 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
     let out = d.c_out * n;
     let pw = PhaseWeights::new(w, d, g);
     let nb = group_size(n).min(b.div_ceil(threads()));
-    let mut gx = vec![0f32; b * img];
-    gx.par_chunks_mut(nb * img).enumerate().for_each_init(
-        Scratch::default,
-        |scratch, (gi, gxchunk)| {
-            let cnt = gxchunk.len() / img;
-            let gyg = &gy[gi * nb * out..][..cnt * out];
-            grad_input_images(gyg, cnt, &pw, d, gxchunk, scratch);
-        },
-    );
-    gx
+    let fill = |gx: &mut [std::mem::MaybeUninit<f32>]| {
+        gx.par_chunks_mut(nb * img).enumerate().for_each_init(
+            Scratch::default,
+            |scratch, (gi, gxchunk)| {
+                let cnt = gxchunk.len() / img;
+                let gyg = &gy[gi * nb * out..][..cnt * out];
+                grad_input_images(gyg, cnt, &pw, d, gxchunk, scratch);
+            },
+        )
+    };
+    // SAFETY: the chunks cover gx and grad_input_images writes every element of each (every
+    // pixel of every channel is in exactly one of the 4 interleaved phase planes).
+    unsafe { crate::model::activation::filled_vec(b * img, fill) }
 }

@@ -87,7 +87,12 @@ pub(super) fn to_planes(xc: &[f32], d: &Dims, s: usize, planes: &mut [f32]) {
 
 /// The inverse of [`to_planes`]: writes every pixel of one channel from its phase planes.
 #[inline(always)]
-pub(super) fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
+pub(super) fn from_planes(
+    planes: &[f32],
+    d: &Dims,
+    s: usize,
+    xc: &mut [std::mem::MaybeUninit<f32>],
+) {
     let (hp, wp) = plane_dims(d, s);
     for iy in 0..d.h {
         let (a, ry) = (iy / s, iy % s);
@@ -97,18 +102,18 @@ pub(super) fn from_planes(planes: &[f32], d: &Dims, s: usize, xc: &mut [f32]) {
             let p1 = &planes[((ry * 2 + 1) * hp + a) * wp..][..wp];
             let mut pairs = dst.chunks_exact_mut(2);
             for ((pair, &v0), &v1) in (&mut pairs).zip(p0).zip(p1) {
-                pair[0] = v0;
-                pair[1] = v1;
+                pair[0].write(v0);
+                pair[1].write(v1);
             }
             if let [last] = pairs.into_remainder() {
-                *last = p0[d.w / 2];
+                last.write(p0[d.w / 2]);
             }
             continue;
         }
         for rx in 0..s {
             let src = &planes[((ry * s + rx) * hp + a) * wp..][..wp];
             for (o, &v) in dst.iter_mut().skip(rx).step_by(s).zip(src) {
-                *o = v;
+                o.write(v);
             }
         }
     }
@@ -343,7 +348,7 @@ fn col2im_impl(cols: &mut [f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usiz
             }
         }
         if s > 1 {
-            from_planes(&planes, d, s, xc);
+            from_planes(&planes, d, s, super::mm::as_uninit(xc));
         }
     }
 }

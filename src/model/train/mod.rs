@@ -114,6 +114,11 @@ pub struct EpochRecord {
     pub aux: f64,
     /// Images per second in this epoch.
     pub images_per_sec: f64,
+    /// Median wall time of one training step in this epoch, seconds (0 in records written
+    /// before it was kept). Unlike `images_per_sec` it ignores the odd slow step, so it is
+    /// what the benchmark compares with PyTorch's median step.
+    #[serde(default)]
+    pub median_step_secs: f64,
 }
 
 /// The result of a training run.
@@ -125,6 +130,21 @@ pub struct TrainReport {
     pub cancelled: bool,
     /// Where the model was written.
     pub model_dir: PathBuf,
+}
+
+/// The median of `v` (0 when empty; the mean of the middle two for an even count, as Python's
+/// `statistics.median`); sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
 }
 
 const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
@@ -421,6 +441,7 @@ pub fn train(
         let (mut sum_main, mut sum_aux, mut count) = (0.0, 0.0, 0usize);
         let t0 = Instant::now();
         let mut images = 0u64;
+        let mut step_secs = Vec::with_capacity(spe);
         while run.state.step_in_epoch < spe {
             if cancel.is_cancelled() || opts.max_steps.is_some_and(|m| run.state.global_step >= m) {
                 cancelled = cancel.is_cancelled();
@@ -438,7 +459,9 @@ pub fn train(
                         .unwrap_or(0)
                 })
                 .collect();
+            let ts = Instant::now();
             let (main, aux) = run.step(&batch)?;
+            step_secs.push(ts.elapsed().as_secs_f64());
             if !main.is_finite() {
                 return Err(ModelError::BadInput(format!(
                     "training diverged (loss {main}) at step {}",
@@ -469,6 +492,7 @@ pub fn train(
             loss: sum_main / count.max(1) as f64,
             aux: sum_aux / count.max(1) as f64,
             images_per_sec: images as f64 / secs.max(1e-9),
+            median_step_secs: median(&mut step_secs),
         });
         if let Some(h) = run.state.history.last() {
             log::info!(
@@ -580,4 +604,17 @@ fn finish_model(run: &mut Run, evaluate: bool) -> Result<()> {
     }
     store::save_model(&run.model, run.out, false)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [0.5, 9.0, 0.4, 0.6, 0.45, 0.55, 0.5]), 0.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
 }

@@ -1,8 +1,6 @@
 //! The optimisation step of each training kind: γ-balanced VAE, non-saturating GAN (DCGAN or
 //! style generator), recoders (latent MSE, optional image-space term) and normalizing flows.
 
-use candle_core::Tensor;
-
 use super::{randn, softplus, unreachable_net, Run};
 use crate::model::{LatentModel, Net, Result};
 
@@ -64,19 +62,21 @@ impl Run<'_> {
             Net::Style(style) => style.generate_from_z(&z)?,
             _ => return unreachable_net(),
         };
-        let discriminate = |x: &Tensor| match net {
-            Net::Style(style) => style.discriminate(x),
-            Net::Gan(gan) => gan.discriminate(x),
-            _ => candle_core::bail!("internal: no discriminator"),
+        let disc = match net {
+            Net::Style(style) => style.discriminator()?,
+            Net::Gan(gan) => gan.discriminator()?,
+            _ => return unreachable_net(),
         };
-        let d_real = discriminate(&x)?;
-        let d_fake = discriminate(&fake.detach())?;
+        let d_real = disc.forward(&x)?;
+        let d_fake = disc.forward(&fake.detach())?;
         let loss_d = (softplus(&d_real.neg()?)?.mean_all()? + softplus(&d_fake)?.mean_all()?)?;
         let grads_d = loss_d.backward()?;
         if let Some(opt) = self.opt_disc.as_mut() {
             opt.step(&grads_d)?;
         }
-        let loss_g = softplus(&discriminate(&fake)?.neg()?)?.mean_all()?;
+        // the generator's loss reaches it through a frozen discriminator: the discriminator's
+        // weight gradients of this pass would be discarded, so they are not computed
+        let loss_g = softplus(&disc.frozen().forward(&fake)?.neg()?)?.mean_all()?;
         let grads_g = loss_g.backward()?;
         self.opt_main.step(&grads_g)?;
         Ok((
