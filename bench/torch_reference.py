@@ -206,10 +206,14 @@ def train_part(out, x, b, cl, rep):
         od.zero_grad(set_to_none=True)
         ld.backward()
         od.step()
+        # the generator step through a frozen discriminator (no weight gradients for it), as
+        # latent-atlas does
+        disc.requires_grad_(False)
         lg = F.softplus(-disc(fake)).mean()
         og.zero_grad(set_to_none=True)
         lg.backward()
         og.step()
+        disc.requires_grad_(True)
 
     out["train_gan_img_s"] = b / timeit(gan_step, rep)
 

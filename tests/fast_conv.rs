@@ -126,6 +126,38 @@ fn implicit_gemm_kernels_match_native() {
     }
 }
 
+/// 3x3 stride-1 convolutions (the Split-VAE's residual blocks) with 256+ im2col rows run the
+/// implicit-gemm forward with one plane per channel, and their input gradient is the same
+/// kernel on the flipped, transposed weights: one strip per image (4x4), several (8x8,
+/// 16x16), 288-1152 rows (two to five 256-row slices), output channels not a multiple of the
+/// 6-channel panels, more and fewer outputs than inputs, and the weight gradient by the
+/// implicit kernel (accumulator within 512 KB) and by im2col + gemm (128 channels).
+#[test]
+fn implicit_stride_one_kernels_match_native() {
+    let g = ConvGeom {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    for (i, &(b, c_in, side, c_out)) in [
+        (3, 32, 8, 32),
+        (2, 64, 16, 64),
+        (5, 32, 4, 13),
+        (2, 40, 8, 50),
+        (2, 128, 8, 128),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 900 + i as u64)).unwrap();
+        let wt = Var::from_tensor(&rand(&[c_out, c_in, 3, 3], 950 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), g).unwrap();
+        let native = x.as_tensor().conv2d(wt.as_tensor(), 1, 1, 1, 1).unwrap();
+        let what = format!("3x3 {b}x{c_in}x{side}x{side} -> {c_out}");
+        assert_matches_native(&ours, &native, &x, &wt, 990 + i as u64, &what);
+    }
+}
+
 /// Non-square inputs (candle's own conv2d backward fails on them, so no native reference for
 /// the gradients): the forward against candle, the gradients by the adjoint identities of a
 /// bilinear map, `<conv(x, w), r> = <x, ∂/∂x> = <w, ∂/∂w>`.

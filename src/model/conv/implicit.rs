@@ -1,5 +1,6 @@
-//! Implicit-gemm forward and weight gradient for stride-2 convolutions (the VAE's, GAN's and recoders' 4x4
-//! stride-2 layers): no im2col matrix. Each image is split once into its stride-phase planes;
+//! Implicit-gemm forward and weight gradient for the VAE's, GAN's and recoders' 4x4 stride-2
+//! layers and the Split-VAE's 3x3 stride-1 residual convs: no im2col matrix. Each image is
+//! split once into its stride-phase planes (a stride-1 channel is its own single plane);
 //! then, for each 16-pixel strip and each slice of at most [`KC`] rows of the im2col matrix,
 //! the strip's slice is packed straight from the planes into a small buffer (one unaligned
 //! load and a mask per row: with planes as wide as the output, every tap of a strip is a
@@ -48,15 +49,31 @@ pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
 /// 16-channel 64x64 layer 8.1 → 8.3-8.5 ms; 32 channels and up gain 4-9 %).
 const MIN_ROWS: usize = 512;
 
-/// Whether [`forward_images`] handles this convolution on this CPU: stride 2 on even sides
-/// with planes as wide as the output (true for a 4x4 kernel with padding 1), 16-pixel strips
-/// that do not cross images, at least [`MIN_ROWS`] im2col rows, and AVX2 + FMA.
+/// [`MIN_ROWS`] for stride-1 convolutions, whose strips need no phase split: the Split-VAE's
+/// 3x3 residual convs gain from 32 channels (288 rows) up (paired best-of-30 runs, batch 64:
+/// 32 ch at 32x32, forward 10.9-12.5 → 9.3-9.7 ms; 64 ch at 16x16, forward 8.7-13.1 →
+/// 6.5-12.1 ms and its input gradient, the same kernel on flipped weights, 7.2-9.6 →
+/// 6.4-7.7 ms; 128 ch at 8x8, 7.0-10.1 → 6.1-8.0 ms).
+const MIN_ROWS_STRIDE1: usize = 256;
+
+/// Whether [`forward_images`] handles this convolution on this CPU: stride 2 on even sides or
+/// stride 1, with planes as wide as the output (true for a 4x4 stride-2 or a 3x3 stride-1
+/// kernel with padding 1), 16-pixel strips that do not cross images, at least [`MIN_ROWS`]
+/// im2col rows, and AVX2 + FMA.
 pub(super) fn applies(d: &Dims, g: &ConvGeom) -> bool {
-    d.col_rows(g) >= MIN_ROWS
-        && g.stride == 2
-        && d.h.is_multiple_of(2)
-        && d.w.is_multiple_of(2)
-        && plane_dims(d, 2) == (d.ho, d.wo)
+    let phase_split = match g.stride {
+        1 => true,
+        2 => d.h.is_multiple_of(2) && d.w.is_multiple_of(2),
+        _ => false,
+    };
+    let min_rows = if g.stride == 1 {
+        MIN_ROWS_STRIDE1
+    } else {
+        MIN_ROWS
+    };
+    d.col_rows(g) >= min_rows
+        && phase_split
+        && plane_dims(d, g.stride) == (d.ho, d.wo)
         && d.col_cols().is_multiple_of(MR)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
@@ -91,6 +108,8 @@ pub(super) struct Scratch {
 
 /// Where each tap reads in the planes and which pixels it covers.
 pub(super) struct Taps {
+    /// Stride-phase planes per channel (stride², 1 for a stride-1 convolution).
+    phases: usize,
     /// Per tap: (phase plane index, offset of the source from the output pixel's index).
     at: Vec<(usize, isize)>,
     /// Per tap, per output pixel of an image: all ones where the tap has a source, else 0.
@@ -122,6 +141,7 @@ impl Taps {
             }
         }
         Self {
+            phases: g.stride * g.stride,
             at,
             masks,
             margin: (reach as usize + MR).next_multiple_of(16),
@@ -147,9 +167,9 @@ pub(super) fn forward_images(
     let rows = d.c_in * kk;
     let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
     assert!(x.len() >= cnt * img && y.len() >= cnt * d.c_out * n && wp.len() >= rows * NR);
-    // every image's channels as 4 phase planes each, one image after the other, with margins
-    let (per_img, margin) = (d.c_in * 4 * plane, taps.margin);
-    split_planes(x, cnt, d, margin, &mut scratch.planes);
+    // every image's channels as phase planes, one image after the other, with margins
+    let (per_img, margin) = (d.c_in * taps.phases * plane, taps.margin);
+    split_planes(x, cnt, d, taps.phases, margin, &mut scratch.planes);
     scratch.strip.resize(KC * MR, 0.0);
     let ydst = y.as_mut_ptr().cast::<f32>();
     for k0 in (0..rows).step_by(KC) {
@@ -195,17 +215,28 @@ pub(super) fn forward_images(
     }
 }
 
-/// Every image's channels as 4 stride-phase planes each (`c_in * 4` planes of `ho x wo` per
-/// image, one image after the other) into `planes`, after `margin` floats and with `margin`
-/// floats after.
-fn split_planes(x: &[f32], cnt: usize, d: &Dims, margin: usize, planes: &mut Vec<f32>) {
+/// Every image's channels as `phases` stride-phase planes each (4 for stride 2; for stride 1
+/// the channel itself), `c_in * phases` planes of `ho x wo` per image, one image after the
+/// other, into `planes`, after `margin` floats and with `margin` floats after.
+fn split_planes(
+    x: &[f32],
+    cnt: usize,
+    d: &Dims,
+    phases: usize,
+    margin: usize,
+    planes: &mut Vec<f32>,
+) {
     let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
-    let per_img = d.c_in * 4 * plane;
+    let per_img = d.c_in * phases * plane;
     planes.resize(cnt * per_img + 2 * margin, 0.0);
+    if phases == 1 {
+        planes[margin..][..cnt * img].copy_from_slice(&x[..cnt * img]);
+        return;
+    }
     for i in 0..cnt {
         for c in 0..d.c_in {
             let xc = &x[i * img + c * d.h * d.w..][..d.h * d.w];
-            let dst = &mut planes[margin + i * per_img + c * 4 * plane..][..4 * plane];
+            let dst = &mut planes[margin + i * per_img + c * phases * plane..][..phases * plane];
             to_planes(xc, d, 2, dst);
         }
     }
@@ -234,13 +265,13 @@ pub(super) fn grad_weight_images(
     let (kk, n, c_out) = (g.kernel * g.kernel, d.col_cols(), d.c_out);
     let rows = d.c_in * kk;
     let plane = d.ho * d.wo;
-    let (per_img, margin) = (d.c_in * 4 * plane, taps.margin);
+    let (per_img, margin) = (d.c_in * taps.phases * plane, taps.margin);
     assert!(
         x.len() >= cnt * d.c_in * d.h * d.w
             && gy.len() >= cnt * c_out * n
             && acc_t.len() >= rows * c_out
     );
-    split_planes(x, cnt, d, margin, &mut scratch.planes);
+    split_planes(x, cnt, d, taps.phases, margin, &mut scratch.planes);
     let strips = c_out.div_ceil(MR);
     let total = cnt * n;
     for q0 in (0..total).step_by(KC) {
@@ -272,8 +303,9 @@ pub(super) fn grad_weight_images(
                 let (phase, off) = taps.at[t];
                 let mask = &taps.masks[t * n..][..n];
                 for_segments(q0, kc, n, |i, p, len, at| {
-                    let from = ((margin + i * per_img + (c * 4 + phase) * plane + p) as isize + off)
-                        as usize;
+                    let from = ((margin + i * per_img + (c * taps.phases + phase) * plane + p)
+                        as isize
+                        + off) as usize;
                     let src = &scratch.planes[from..][..len];
                     for ((o, &v), &m) in row[at..at + len].iter_mut().zip(src).zip(&mask[p..]) {
                         *o = f32::from_bits(v.to_bits() & m);
@@ -337,7 +369,7 @@ unsafe fn pack_strip(
         let k = k0 + r;
         let (c, t) = (k / kk, k % kk);
         let (phase, off) = taps.at[t];
-        let from = (base + (c * 4 + phase) * plane + p0) as isize + off;
+        let from = (base + (c * taps.phases + phase) * plane + p0) as isize + off;
         debug_assert!(from >= 0 && from as usize + MR <= planes.len());
         masked_row(
             src.offset(from),

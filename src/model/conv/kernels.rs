@@ -360,8 +360,10 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
     }
     // A stride-1 convolution's adjoint is the stride-1 convolution of gy with the flipped,
     // transposed kernel and padding k-1-p. When gy has fewer channels than x (an RGB output
-    // conv: 3 vs 16), its im2col is that much smaller than the col2im route's columns.
-    if g.stride == 1 && g.padding < g.kernel && d.c_out < d.c_in {
+    // conv: 3 vs 16), its im2col is that much smaller than the col2im route's columns; when
+    // the implicit forward takes the adjoint (the Split-VAE's 3x3 residual convs), there is
+    // no im2col at all.
+    if g.stride == 1 && g.padding < g.kernel {
         let k = g.kernel;
         let adjoint = Dims {
             c_in: d.c_out,
@@ -376,7 +378,14 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
             stride: 1,
             padding: k - 1 - g.padding,
         };
-        if ga.conv_out(d.ho) == d.h && ga.conv_out(d.wo) == d.w {
+        #[cfg(target_arch = "x86_64")]
+        let implicit_adjoint = b >= threads() && implicit::applies(&adjoint, &ga);
+        #[cfg(not(target_arch = "x86_64"))]
+        let implicit_adjoint = false;
+        if (d.c_out < d.c_in || implicit_adjoint)
+            && ga.conv_out(d.ho) == d.h
+            && ga.conv_out(d.wo) == d.w
+        {
             return forward(
                 gy,
                 &flipped_transposed(w, d.c_out, d.c_in, k),

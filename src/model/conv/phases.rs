@@ -17,9 +17,9 @@ use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
 
 /// Whether [`grad_input_images`] handles this convolution's input gradient: [`applies`]
-/// with a 4x4 kernel (2 taps per phase and axis).
+/// with a 4x4 stride-2 kernel (2 taps per phase and axis).
 pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    g.kernel == 4 && applies(d, g)
+    g.kernel == 4 && g.stride == 2 && applies(d, g)
 }
 
 /// Per-phase weight panels, tap offsets and masks of one convolution.
