@@ -412,6 +412,30 @@ fn assert_leaky_matches_reference(shape: &[usize], seed: u64) {
     assert!(max_abs_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6);
 }
 
+/// The fused sigmoid against candle-nn's, forward and gradient, on values far into both
+/// tails (×40: saturated outputs, gradients near 0) and on the serial and parallel paths.
+#[test]
+fn sigmoid_matches_candle_nn_with_gradient() {
+    for (shape, seed) in [(&[4usize, 3, 9, 9][..], 21u64), (&[3, 7, 64, 64][..], 22)] {
+        let x = Var::from_tensor(&(rand(shape, seed) * 40.0).unwrap()).unwrap();
+        let ours = latent_atlas::model::activation::sigmoid(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::sigmoid(x.as_tensor()).unwrap();
+        assert!(max_abs_diff(&ours, &reference) < 1e-6, "forward {shape:?}");
+        let r = rand(ours.dims(), seed + 1);
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_abs_diff(go.get(&x).unwrap(), gr.get(&x).unwrap()) < 1e-6,
+            "gradient {shape:?}"
+        );
+    }
+}
+
 #[test]
 fn leaky_relu_on_many_threads_matches_reference() {
     // above activation::SERIAL_BELOW values: the parallel path

@@ -149,3 +149,69 @@ pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
         x.maximum(&(x * slope as f64)?)
     }
 }
+
+struct Sigmoid;
+struct SigmoidGrad;
+
+impl CustomOp1 for Sigmoid {
+    fn name(&self) -> &'static str {
+        "fast-sigmoid"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("sigmoid", s, l)?;
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            map_chunks(y, CHUNK, |i, y| {
+                let x = &x[i * CHUNK..][..y.len()];
+                for (o, &v) in y.iter_mut().zip(x) {
+                    o.write(1.0 / (1.0 + (-v).exp()));
+                }
+            })
+        };
+        // SAFETY: the chunks cover the output and each is written in full.
+        let y = unsafe { filled_vec(x.len(), fill) };
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(&res.contiguous()?, &SigmoidGrad)?,
+        ))
+    }
+}
+
+impl CustomOp2 for SigmoidGrad {
+    fn name(&self) -> &'static str {
+        "fast-sigmoid-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, y) = grad_pair("sigmoid", (s1, l1), (s2, l2))?;
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            map_chunks(out, CHUNK, |i, o| {
+                let (g, y) = (&g[i * CHUNK..][..o.len()], &y[i * CHUNK..][..o.len()]);
+                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                    o.write(g * y * (1.0 - y));
+                }
+            })
+        };
+        // SAFETY: the chunks cover the output and each is written in full.
+        let out = unsafe { filled_vec(g.len(), fill) };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The logistic sigmoid `1 / (1 + e^-x)`, any shape: on the CPU (f32) one parallel pass
+/// forward and one backward (`g · y · (1 − y)` from the output `y`), where candle-nn's op runs
+/// on one thread and its backward is four tensor ops; candle-nn's elsewhere.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(Sigmoid)
+    } else {
+        candle_nn::ops::sigmoid(x)
+    }
+}

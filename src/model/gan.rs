@@ -147,7 +147,7 @@ impl Generator {
         for (i, up) in self.ups.iter().enumerate() {
             h = norm(i + 1, &up.forward(&h)?, &mut stats)?;
         }
-        Ok((candle_nn::ops::sigmoid(&self.out.forward(&h)?)?, stats))
+        Ok((super::activation::sigmoid(&self.out.forward(&h)?)?, stats))
     }
 
     /// Inference: `[n, d]` → images in [0, 1], normalised with the running statistics.

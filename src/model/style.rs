@@ -302,7 +302,7 @@ impl Synthesis {
             let gain = if i == 0 { 1.0 } else { ACT_GAIN };
             h = leaky(&block.forward(&h, w, gain)?)?;
         }
-        candle_nn::ops::sigmoid(&self.rgb.forward(&h, w, ACT_GAIN)?)
+        super::activation::sigmoid(&self.rgb.forward(&h, w, ACT_GAIN)?)
     }
 }
 

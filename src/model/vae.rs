@@ -96,7 +96,7 @@ impl ConvDecoder {
     }
     /// `[n, d]` → images `[n, 3, 64, 64]` in [0, 1].
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::sigmoid(&self.logits(z)?)
+        super::activation::sigmoid(&self.logits(z)?)
     }
 }
 
