@@ -31,7 +31,7 @@ mod mm;
 #[cfg(target_arch = "x86_64")]
 mod phases;
 mod unfold;
-use kernels::{forward, forward_and_grad_weight, grad_input, grad_weight};
+use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
 use unfold::Dims;
 
 /// Geometry of a square-kernel convolution (dilation 1).
@@ -91,22 +91,28 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
-impl CustomOp2 for ConvOp {
-    fn name(&self) -> &'static str {
-        match self.kernel {
-            Kernel::Forward => "fast-conv2d",
-            Kernel::GradInput { .. } => "fast-conv2d-grad-input",
-            Kernel::GradWeight => "fast-conv2d-grad-weight",
-        }
+/// Errors unless a fused bias has one value per output channel.
+fn check_bias(epi: kernels::BiasLeaky, channels: usize) -> candle_core::Result<()> {
+    match epi {
+        Some((bias, _)) if bias.len() != channels => candle_core::bail!(
+            "fast conv + bias + leaky: bias of {} for {channels} output channels",
+            bias.len()
+        ),
+        _ => Ok(()),
     }
+}
 
-    fn cpu_fwd(
+impl ConvOp {
+    /// [`CustomOp2::cpu_fwd`], with `epi` (a bias + leaky ReLU) applied inside the forward or
+    /// transposed kernel where that kernel supports it: returns whether it was applied.
+    fn run(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        epi: kernels::BiasLeaky,
+    ) -> candle_core::Result<(CpuStorage, Shape, bool)> {
         let a = f32_slice(s1, l1, "lhs")?;
         let bw = f32_slice(s2, l2, "rhs")?;
         let g = &self.geom;
@@ -130,8 +136,13 @@ impl CustomOp2 for ConvOp {
                     ho: g.conv_out(h),
                     wo: g.conv_out(w),
                 };
-                let y = forward(a, bw, b, &d, g);
-                Ok((CpuStorage::F32(y), Shape::from((b, c_out, d.ho, d.wo))))
+                check_bias(epi, c_out)?;
+                let (y, fused) = forward_fused(a, bw, b, &d, g, epi);
+                Ok((
+                    CpuStorage::F32(y),
+                    Shape::from((b, c_out, d.ho, d.wo)),
+                    fused,
+                ))
             }
             Kernel::GradInput { in_h, in_w } => {
                 let (b, c_out, ho, wo) = l1.shape().dims4()?;
@@ -156,8 +167,13 @@ impl CustomOp2 for ConvOp {
                         l2.shape()
                     )
                 }
-                let gx = grad_input(a, bw, b, &d, g);
-                Ok((CpuStorage::F32(gx), Shape::from((b, c_in, in_h, in_w))))
+                check_bias(epi, c_in)?;
+                let (gx, fused) = grad_input_fused(a, bw, b, &d, g, epi);
+                Ok((
+                    CpuStorage::F32(gx),
+                    Shape::from((b, c_in, in_h, in_w)),
+                    fused,
+                ))
             }
             Kernel::GradWeight => {
                 let (b, c_in, h, w) = l1.shape().dims4()?;
@@ -178,11 +194,31 @@ impl CustomOp2 for ConvOp {
                     wo,
                 };
                 let gw = grad_weight(a, bw, b, &d, g);
-                Ok((CpuStorage::F32(gw), Shape::from((c_out, c_in, k, k))))
+                Ok((CpuStorage::F32(gw), Shape::from((c_out, c_in, k, k)), false))
             }
         }
     }
+}
 
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Forward => "fast-conv2d",
+            Kernel::GradInput { .. } => "fast-conv2d-grad-input",
+            Kernel::GradWeight => "fast-conv2d-grad-weight",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, shape, _) = self.run(s1, l1, s2, l2, None)?;
+        Ok((y, shape))
+    }
     fn bwd(
         &self,
         a: &Tensor,
@@ -319,18 +355,15 @@ impl CustomOp3 for ConvBiasLeaky {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let bias = f32_slice(s3, l3, "bias")?;
+        let (y, shape, fused) = self.conv.run(s1, l1, s2, l2, Some((bias, self.slope)))?;
+        if fused {
+            return Ok((y, shape));
+        }
         let CpuStorage::F32(y) = y else {
             candle_core::bail!("fast conv + bias + leaky: conv output must be f32")
         };
         let (_, c, h, w) = shape.dims4()?;
-        let bias = f32_slice(s3, l3, "bias")?;
-        if bias.len() != c {
-            candle_core::bail!(
-                "fast conv + bias + leaky: bias {:?} for {c} output channels",
-                l3.shape()
-            )
-        }
         let out = crate::model::channel_op::bias_leaky_rows(&y, bias, c, h * w, self.slope);
         Ok((CpuStorage::F32(out), shape))
     }

@@ -93,6 +93,30 @@ pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
     out
 }
 
+/// `v ↦ leaky(v + bias[channel], slope)`, applied to each output tile as it is finished
+/// (while in L1) instead of in a separate pass over the whole output.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub(super) bias: &'a [f32],
+    pub(super) slope: f32,
+}
+
+impl Epilogue<'_> {
+    /// Applies the epilogue of channel `ch` to `len` finished floats at `p`.
+    ///
+    /// # Safety
+    /// `p` points to `len` initialised floats.
+    #[inline]
+    pub(super) unsafe fn apply(&self, ch: usize, p: *mut f32, len: usize) {
+        let (b, slope) = (self.bias[ch], self.slope);
+        let row = std::slice::from_raw_parts_mut(p, len);
+        for v in row {
+            let t = *v + b;
+            *v = t * if t > 0.0 { 1.0 } else { slope };
+        }
+    }
+}
+
 /// Per-thread buffers of [`forward_images`].
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -162,6 +186,7 @@ pub(super) fn forward_images(
     g: &ConvGeom,
     y: &mut [std::mem::MaybeUninit<f32>],
     scratch: &mut Scratch,
+    epi: Option<Epilogue>,
 ) {
     let (kk, n) = (g.kernel * g.kernel, d.col_cols());
     let rows = d.c_in * kk;
@@ -200,14 +225,21 @@ pub(super) fn forward_images(
                     // panel rows x 6, and the 16 x `cols` tile of y is inside image i's output
                     // (p0 + 16 <= n, co + cols <= c_out).
                     unsafe {
+                        let at = ydst.add((i * d.c_out + co) * n + p0);
                         tile(
                             (MR, cols, kc),
-                            ydst.add((i * d.c_out + co) * n + p0),
+                            at,
                             n,
                             scratch.strip.as_ptr(),
                             (panel.as_ptr().add(k0 * NR), NR, 1),
                             k0 > 0,
                         );
+                        // the tile is final after the last slice
+                        if let (Some(e), true) = (epi, k0 + kc == rows) {
+                            for j in 0..cols {
+                                e.apply(co + j, at.add(j * n), MR);
+                            }
+                        }
                     }
                 }
             }
@@ -436,7 +468,14 @@ pub(super) unsafe fn masked_row(src: *const f32, mask: *const u32, dst: *mut f32
 /// `conv2d(x, w)` for a batch of `b` images by [`forward_images`] ([`applies`]), in parallel
 /// over groups of images (at least 256 pixels each, so that a weight slice is reused across
 /// them).
-pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+    epi: Option<Epilogue>,
+) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
     let wp = pack_weights(w, d.c_out, rows);
@@ -448,7 +487,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
             .for_each_init(Scratch::default, |scratch, (gi, ychunk)| {
                 let cnt = ychunk.len() / (d.c_out * n);
                 let xg = &x[gi * nb * img..][..cnt * img];
-                forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch);
+                forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch, epi);
             })
     };
     // SAFETY: the chunks cover the output and forward_images writes every element of each.

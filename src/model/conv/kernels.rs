@@ -180,12 +180,68 @@ fn channels_per_thread(c: usize) -> usize {
     c.div_ceil(threads().min(c).max(1)).max(1)
 }
 
+/// A bias + leaky ReLU to apply to a conv's output, `(bias [c_out], slope)`.
+pub(super) type BiasLeaky<'a> = Option<(&'a [f32], f32)>;
+
+/// [`forward`], with `epi` applied inside the implicit-gemm kernel (to each finished output
+/// tile) where that kernel runs: returns whether it was applied.
+pub(super) fn forward_fused(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+    epi: BiasLeaky,
+) -> (Vec<f32>, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some((bias, slope)) = epi {
+        if b >= threads() && implicit::applies(d, g) {
+            let e = implicit::Epilogue { bias, slope };
+            return (implicit::forward(x, w, b, d, g, Some(e)), true);
+        }
+    }
+    forward_impl(x, w, b, d, g, epi)
+}
+
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    forward_impl(x, w, b, d, g, None).0
+}
+
+/// [`grad_input`] (a transposed conv's forward), with `epi` applied per finished channel
+/// inside the stride-phase kernel where it runs: returns whether it was applied.
+pub(super) fn grad_input_fused(
+    gy: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+    epi: BiasLeaky,
+) -> (Vec<f32>, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some((bias, slope)) = epi {
+        if b >= threads() && phases::applies_grad_input(d, g) {
+            let e = implicit::Epilogue { bias, slope };
+            return (phases::grad_input(gy, w, b, d, g, Some(e)), true);
+        }
+    }
+    (grad_input(gy, w, b, d, g), false)
+}
+
+/// [`forward`]; `epi` is applied to each group's output right after its gemm on the im2col
+/// route (the first encoder layer), and not at all elsewhere: returns whether it was.
+fn forward_impl(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+    epi: BiasLeaky,
+) -> (Vec<f32>, bool) {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies(d, g) {
-        return implicit::forward(x, w, b, d, g);
+        return (implicit::forward(x, w, b, d, g, None), false);
     }
     let use_direct = direct::applies(d, g);
     if b >= threads() && !use_direct {
@@ -200,16 +256,28 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
                         let cnt = ychunk.len() / (d.c_out * n);
                         im2col_group(x, gi * nb, cnt, d, g, cols);
                         forward_group(cols, cnt, w, ychunk, tmp, d, rows, par);
+                        if let Some((bias, slope)) = epi {
+                            // SAFETY: forward_group wrote the whole chunk.
+                            let y =
+                                unsafe { &mut *(ychunk as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                            for (j, ch) in y.chunks_exact_mut(n).enumerate() {
+                                let (bv, s) = (bias[j % d.c_out], slope);
+                                for v in ch {
+                                    let t = *v + bv;
+                                    *v = t * if t > 0.0 { 1.0 } else { s };
+                                }
+                            }
+                        }
                     },
                 )
         };
         // SAFETY: the chunks cover the output and forward_group writes every element of each.
-        return unsafe { filled_vec(b * d.c_out * n, fill) };
+        return (unsafe { filled_vec(b * d.c_out * n, fill) }, epi.is_some());
     }
     let mut y = vec![0f32; b * d.c_out * n];
     if use_direct {
         forward_direct(x, w, b, d, g, &mut y);
-        return y;
+        return (y, false);
     }
     // Fewer images than threads (a batch-1 decode): the im2col is split by input channel among
     // the threads too, not only the gemm.
@@ -232,7 +300,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
             forward_cols(&cols, n, n, w, as_uninit(yb), d.c_out, rows, par);
         }
     }
-    y
+    (y, false)
 }
 
 /// [`forward`] by the direct kernel ([`direct::applies`]): in parallel over images, or over
@@ -286,7 +354,7 @@ pub(super) fn forward_and_grad_weight(
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
         return (
-            implicit::forward(x, w, b, d, g),
+            implicit::forward(x, w, b, d, g, None),
             implicit::grad_weight(x, gy, b, d, g),
         );
     }
@@ -356,7 +424,7 @@ fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32
 pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && phases::applies_grad_input(d, g) {
-        return phases::grad_input(gy, w, b, d, g);
+        return phases::grad_input(gy, w, b, d, g, None);
     }
     // A stride-1 convolution's adjoint is the stride-1 convolution of gy with the flipped,
     // transposed kernel and padding k-1-p. When gy has fewer channels than x (an RGB output

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, masked_row, tile, Scratch, KC, MR, NR};
+use super::implicit::{applies, masked_row, tile, Epilogue, Scratch, KC, MR, NR};
 use super::kernels::{group_size, threads};
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
@@ -115,6 +115,7 @@ pub(super) fn grad_input_images(
     d: &Dims,
     gx: &mut [std::mem::MaybeUninit<f32>],
     scratch: &mut Scratch,
+    epi: Option<Epilogue>,
 ) {
     let n = d.col_cols();
     let (rows, plane, out) = (d.c_out * 4, n, d.c_out * n);
@@ -173,12 +174,12 @@ pub(super) fn grad_input_images(
     for i in 0..cnt {
         for ci in 0..d.c_in {
             let planes = &scratch.phases[(i * d.c_in + ci) * 4 * plane..][..4 * plane];
-            from_planes(
-                planes,
-                d,
-                2,
-                &mut gx[i * img + ci * d.h * d.w..][..d.h * d.w],
-            );
+            let chan = &mut gx[i * img + ci * d.h * d.w..][..d.h * d.w];
+            from_planes(planes, d, 2, chan);
+            if let Some(e) = epi {
+                // SAFETY: from_planes wrote every element of the channel.
+                unsafe { e.apply(ci, chan.as_mut_ptr().cast::<f32>(), chan.len()) };
+            }
         }
     }
 }
@@ -216,7 +217,14 @@ unsafe fn pack_gy_strip(
 
 /// `∂/∂x` of `conv2d(x, w)` for a batch by [`grad_input_images`], in parallel over
 /// groups of images.
-pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+pub(super) fn grad_input(
+    gy: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    g: &ConvGeom,
+    epi: Option<Epilogue>,
+) -> Vec<f32> {
     let (n, img) = (d.col_cols(), d.c_in * d.h * d.w);
     let out = d.c_out * n;
     let pw = PhaseWeights::new(w, d, g);
@@ -227,7 +235,7 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
             |scratch, (gi, gxchunk)| {
                 let cnt = gxchunk.len() / img;
                 let gyg = &gy[gi * nb * out..][..cnt * out];
-                grad_input_images(gyg, cnt, &pw, d, gxchunk, scratch);
+                grad_input_images(gyg, cnt, &pw, d, gxchunk, scratch, epi);
             },
         )
     };
