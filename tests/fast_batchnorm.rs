@@ -21,10 +21,14 @@ fn pseudo_random(n: usize, seed: u64, scale: f32, shift: f32) -> Vec<f32> {
 
 #[test]
 fn fused_batch_norm_matches_the_reference_outputs_and_gradients() {
+    // 4x4 rows on several threads (whole rows per task), and channels of more than 8192
+    // values (the f32 lanes are flushed to f64 part-way)
     for &(b, c, h, w) in &[
         (4usize, 3usize, 5usize, 7usize),
         (16, 8, 4, 4),
         (2, 5, 16, 16),
+        (128, 64, 4, 4),
+        (3, 2, 64, 64),
     ] {
         let n = b * c * h * w;
         let x = Var::from_vec(
@@ -94,6 +98,7 @@ fn fused_bias_and_affine_match_the_reference_outputs_and_gradients() {
     // the first runs on several threads, the others (under SERIAL_BELOW values) on one
     for &(b, c, h, w) in &[
         (2usize, 5usize, 128usize, 128usize),
+        (128, 64, 4, 4),
         (3, 3, 64, 64),
         (5, 17, 3, 5),
         (1, 1, 1, 1),

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::activation::{contiguous_f32, grad_pair};
-use super::channel_op::{bchw, row_dot_centered, row_sq_dev, row_sum};
+use super::channel_op::{bchw, channel_rows, map_rows, rows_lane_sum};
 
 /// Per channel `(mean, 1 / sqrt(var + eps))`, biased variance, two passes in f64.
 fn stats(x: &[f32], b: usize, c: usize, hw: usize, eps: f32) -> Vec<(f32, f32)> {
@@ -22,10 +22,11 @@ fn mean_var(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let rows = || (0..b).map(|bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
+            let rows = || channel_rows(x, b, c, hw, ch);
             let n = (b * hw).max(1) as f64;
-            let mean = rows().map(row_sum).sum::<f64>() / n;
-            let var = rows().map(|r| row_sq_dev(r, mean as f32)).sum::<f64>() / n;
+            let mean = rows_lane_sum(rows().map(|r| (r, r)), |u, _| u) / n;
+            let m = mean as f32;
+            let var = rows_lane_sum(rows().map(|r| (r, r)), move |u, _| (u - m) * (u - m)) / n;
             (mean, var)
         })
         .collect()
@@ -75,16 +76,12 @@ impl CustomOp1 for Normalize {
         let x = contiguous_f32("batch_normalize", s, l)?;
         let (b, c, hw) = bchw("batch_normalize", l)?;
         let st = stats(x, b, c, hw, self.0);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(k, (y, x))| {
-                let (mean, inv) = st[k % c];
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = (v - mean) * inv;
-                }
-            });
+        let y = map_rows(x.len(), hw, |k, y| {
+            let (mean, inv) = st[k % c];
+            for (o, &v) in y.iter_mut().zip(&x[k * hw..]) {
+                o.write((v - mean) * inv);
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -115,27 +112,24 @@ impl CustomOp2 for NormalizeGrad {
             .into_par_iter()
             .map(|ch| {
                 let (mean, inv) = st[ch];
-                let (mut sg, mut sgy) = (0f64, 0f64);
-                for bi in 0..b {
-                    let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    sg += row_sum(&g[r.clone()]);
-                    sgy += f64::from(inv) * row_dot_centered(&g[r.clone()], &x[r], mean);
-                }
+                let gr = || channel_rows(g, b, c, hw, ch);
+                let sg = rows_lane_sum(gr().map(|r| (r, r)), |u, _| u);
+                let sgy = f64::from(inv)
+                    * rows_lane_sum(gr().zip(channel_rows(x, b, c, hw, ch)), move |u, v| {
+                        u * (v - mean)
+                    });
                 ((sg / n) as f32, (sgy / n) as f32)
             })
             .collect();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(hw.max(1))
-            .zip(g.par_chunks(hw.max(1)).zip(x.par_chunks(hw.max(1))))
-            .enumerate()
-            .for_each(|(k, (dx, (g, x)))| {
-                let ch = k % c;
-                let (mean, inv) = st[ch];
-                let (mg, mgy) = sums[ch];
-                for ((o, &gv), &xv) in dx.iter_mut().zip(g).zip(x) {
-                    *o = inv * (gv - mg - (xv - mean) * inv * mgy);
-                }
-            });
+        let dx = map_rows(x.len(), hw, |k, dx| {
+            let ch = k % c;
+            let (mean, inv) = st[ch];
+            let (mg, mgy) = sums[ch];
+            let r = k * hw..(k + 1) * hw;
+            for ((o, &gv), &xv) in dx.iter_mut().zip(&g[r.clone()]).zip(&x[r]) {
+                o.write(inv * (gv - mg - (xv - mean) * inv * mgy));
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

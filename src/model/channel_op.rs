@@ -30,76 +30,97 @@ fn channel_vector<'a>(op: &str, s: &'a CpuStorage, l: &Layout, c: usize) -> Resu
     Ok(v)
 }
 
-/// `Σ f(a_i, b_i)` over two equally long rows, accumulated in eight f32 lanes (the loop
-/// vectorises; a single running sum would be a serial, latency-bound chain), returned as f64.
+/// `Σ f(a_i, b_i)` over several pairs of equally long rows (a channel's rows across the
+/// batch), in eight f32 lanes carried from row to row and flushed into an f64 total every
+/// 8192 values (the loop vectorises; a single running sum would be a serial, latency-bound
+/// chain). Reducing the lanes to f64 after every row instead cost more than a 4x4 or 8x8 row.
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
-            *l += f(u, v);
+pub(crate) fn rows_lane_sum<'a>(
+    rows: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    f: impl Fn(f32, f32) -> f32,
+) -> f64 {
+    let (mut lanes, mut tail, mut total, mut since) = ([0f32; 8], 0f32, 0f64, 0usize);
+    for (a, b) in rows {
+        let mut ca = a.chunks_exact(8);
+        let mut cb = b.chunks_exact(8);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for ((l, &u), &v) in lanes.iter_mut().zip(x).zip(y) {
+                *l += f(u, v);
+            }
+        }
+        for (&u, &v) in ca.remainder().iter().zip(cb.remainder()) {
+            tail += f(u, v);
+        }
+        since += a.len();
+        if since >= 8192 {
+            total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail);
+            (lanes, tail, since) = ([0f32; 8], 0.0, 0);
         }
     }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&u, &v)| f(u, v))
-        .sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+    total + lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
 }
 
-/// Sum of a row.
-pub(crate) fn row_sum(r: &[f32]) -> f64 {
-    lane_sum(r, r, |u, _| u)
-}
-
-/// `Σ a·(b − shift)` over two rows.
-pub(crate) fn row_dot_centered(a: &[f32], b: &[f32], shift: f32) -> f64 {
-    lane_sum(a, b, move |u, v| u * (v - shift))
-}
-
-/// `Σ (v − shift)²` over a row.
-pub(crate) fn row_sq_dev(r: &[f32], shift: f32) -> f64 {
-    lane_sum(r, r, move |u, _| (u - shift) * (u - shift))
-}
-
-/// Dot product of two rows.
-fn row_dot(a: &[f32], b: &[f32]) -> f64 {
-    lane_sum(a, b, |u, v| u * v)
+/// Channel `ch`'s pixel rows of `v` (`[b, c, hw]`), image after image.
+pub(crate) fn channel_rows(
+    v: &[f32],
+    b: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+) -> impl Iterator<Item = &[f32]> {
+    (0..b).map(move |bi| &v[(bi * c + ch) * hw..(bi * c + ch + 1) * hw])
 }
 
 /// Per-channel sums over batch and pixels: `Σ g` (and `Σ g·x` when `x` is given), as
 /// `[C]` or `[2C]` (sums of `g` first). Parallel over images, reduced in f64.
 fn channel_sums(g: &[f32], x: Option<&[f32]>, b: usize, c: usize, hw: usize) -> Vec<f32> {
-    let parts = if x.is_some() { 2 } else { 1 };
-    let acc = (0..b)
-        .into_par_iter()
-        .fold(
-            || vec![0f64; parts * c],
-            |mut acc, bi| {
-                for ch in 0..c {
-                    let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    acc[ch] += row_sum(&g[r.clone()]);
-                    if let Some(x) = x {
-                        acc[c + ch] += row_dot(&g[r.clone()], &x[r]);
+    let sums: Vec<(f64, f64)> = if c >= 8 {
+        // per channel, its rows across the batch in one lane sum
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let gr = || channel_rows(g, b, c, hw, ch);
+                let sg = rows_lane_sum(gr().map(|r| (r, r)), |u, _| u);
+                let sgx = x.map_or(0.0, |x| {
+                    rows_lane_sum(gr().zip(channel_rows(x, b, c, hw, ch)), |u, v| u * v)
+                });
+                (sg, sgx)
+            })
+            .collect()
+    } else {
+        // a few channels (an RGB output): in parallel over images, too few tasks otherwise
+        (0..b)
+            .into_par_iter()
+            .fold(
+                || vec![(0f64, 0f64); c],
+                |mut acc, bi| {
+                    for (ch, a) in acc.iter_mut().enumerate() {
+                        let r = &g[(bi * c + ch) * hw..(bi * c + ch + 1) * hw];
+                        a.0 += rows_lane_sum(std::iter::once((r, r)), |u, _| u);
+                        if let Some(x) = x {
+                            let xr = &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw];
+                            a.1 += rows_lane_sum(std::iter::once((r, xr)), |u, v| u * v);
+                        }
                     }
-                }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f64; parts * c],
-            |mut a, b| {
-                for (u, v) in a.iter_mut().zip(b) {
-                    *u += v;
-                }
-                a
-            },
-        );
-    acc.into_iter().map(|v| v as f32).collect()
+                    acc
+                },
+            )
+            .reduce(
+                || vec![(0f64, 0f64); c],
+                |mut a, b| {
+                    for (u, v) in a.iter_mut().zip(b) {
+                        u.0 += v.0;
+                        u.1 += v.1;
+                    }
+                    a
+                },
+            )
+    };
+    let mut out: Vec<f32> = sums.iter().map(|&(s, _)| s as f32).collect();
+    if x.is_some() {
+        out.extend(sums.iter().map(|&(_, s)| s as f32));
+    }
+    out
 }
 
 /// `y[b, c, p] = x[b, c, p] * scale[c] + shift[c]` (no scale: 1), in parallel over rows.
@@ -122,22 +143,38 @@ fn affine_leaky_rows(
     hw: usize,
     slope: f32,
 ) -> Vec<f32> {
+    // `move`: slope by value, not a pointer the stores might alias (that kept this loop scalar)
+    map_rows(x.len(), hw, move |k, y| {
+        let x = &x[k * hw..][..y.len()];
+        let ch = k % c;
+        let s = scale.map_or(1.0, |s| s[ch]);
+        let t = shift.map_or(0.0, |t| t[ch]);
+        for (o, &v) in y.iter_mut().zip(x) {
+            let v = v * s + t;
+            // a select and a multiply, no branch (vectorises); NaN stays NaN
+            o.write(v * if v > 0.0 { 1.0 } else { slope });
+        }
+    })
+}
+
+/// A new `len`-value vector of rows of `hw` values, row `k` written by `f(k, row)` (which must
+/// write all of it), in parallel with whole rows per task and at least ~4096 values each: a
+/// task per 4x4 or 8x8 pixel row cost more in scheduling than the row itself.
+pub(crate) fn map_rows<F>(len: usize, hw: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+{
     let hw = hw.max(1);
+    let rows_per_task = 4096usize.div_ceil(hw);
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        super::activation::map_chunks(y, hw, move |k, y| {
-            let x = &x[k * hw..][..y.len()];
-            let ch = k % c;
-            let s = scale.map_or(1.0, |s| s[ch]);
-            let t = shift.map_or(0.0, |t| t[ch]);
-            for (o, &v) in y.iter_mut().zip(x) {
-                let v = v * s + t;
-                // a select and a multiply, no branch (vectorises); NaN stays NaN
-                o.write(v * if v > 0.0 { 1.0 } else { slope });
+        super::activation::map_chunks(y, rows_per_task * hw, |t, y| {
+            for (j, row) in y.chunks_mut(hw).enumerate() {
+                f(t * rows_per_task + j, row);
             }
         })
     };
-    // SAFETY: the rows cover the output and each is written in full.
-    unsafe { super::activation::filled_vec(x.len(), fill) }
+    // SAFETY: the tasks cover the output in whole rows and `f` writes each row in full.
+    unsafe { super::activation::filled_vec(len, fill) }
 }
 
 /// `x + bias_c`, then a leaky ReLU with the given slope (fused: one pass, one autograd node).
