@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// Only one part of the table (both sides): training, encode/decode, or map fits.
     #[arg(long, value_enum)]
     pub part: Option<Part>,
+    /// Run the comparison this many times, the two sides taking turns (ours, PyTorch NCHW,
+    /// PyTorch channels_last, ours, ...), and report medians with the range of the per-round
+    /// ratios: on a shared machine whose speed drifts by tens of percent within minutes, one
+    /// round can favour either side.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// A part of the comparison table.
@@ -372,16 +378,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let ours = ours(a.quick, a.part)?;
-    let (t_nchw, t_cl) = if a.no_torch {
-        (None, None)
-    } else {
-        eprintln!("PyTorch reference (NCHW, then channels_last)...");
-        (
-            torch(&a.python, a.quick, false, a.part),
-            torch(&a.python, a.quick, true, a.part),
-        )
-    };
+    let rounds = a.rounds.max(1);
+    let mut all_rounds = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        if rounds > 1 {
+            eprintln!("round {}/{rounds}", r + 1);
+        }
+        let ours = ours(a.quick, a.part)?;
+        let (t_nchw, t_cl) = if a.no_torch {
+            (None, None)
+        } else {
+            eprintln!("PyTorch reference (NCHW, then channels_last)...");
+            (
+                torch(&a.python, a.quick, false, a.part),
+                torch(&a.python, a.quick, true, a.part),
+            )
+        };
+        all_rounds.push((ours, t_nchw, t_cl));
+    }
+    let (ours, t_nchw, t_cl) = all_rounds[0].clone();
     let rows = [
         ("train_vae_img_s", "train VAE, batch 64 (img/s)", true),
         (
@@ -404,28 +419,73 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let get = |m: &Option<Map<String, Value>>, k: &str| {
         m.as_ref().and_then(|m| m.get(k)).and_then(|v| v.as_f64())
     };
-    println!(
-        "| metric | latent-atlas | PyTorch NCHW | PyTorch channels_last | ratio vs best PyTorch |"
-    );
-    println!("|---|---|---|---|---|");
+    let multi = rounds > 1;
+    if multi {
+        println!("medians of {rounds} rounds, the sides taking turns");
+        println!("| metric | latent-atlas | PyTorch NCHW | PyTorch channels_last | ratio vs best PyTorch (median) | per-round ratios |");
+        println!("|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| metric | latent-atlas | PyTorch NCHW | PyTorch channels_last | ratio vs best PyTorch |"
+        );
+        println!("|---|---|---|---|---|");
+    }
+    let median_of = |v: Vec<f64>| -> Option<f64> {
+        (!v.is_empty()).then(|| crate::model::train::median(&mut v.clone()))
+    };
     for (key, label, higher_better) in rows {
-        let o = get(&Some(ours.clone()), key);
+        let per = |which: usize| -> Vec<f64> {
+            all_rounds
+                .iter()
+                .filter_map(|r| {
+                    let m = match which {
+                        0 => Some(r.0.clone()),
+                        1 => r.1.clone(),
+                        _ => r.2.clone(),
+                    };
+                    get(&m, key)
+                })
+                .collect()
+        };
+        let o = median_of(per(0));
         if o.is_none() {
             continue;
         }
-        let (tn, tc) = (get(&t_nchw, key), get(&t_cl, key));
-        let best = match (tn, tc) {
-            (Some(a), Some(b)) => Some(if higher_better { a.max(b) } else { a.min(b) }),
-            (a, b) => a.or(b),
-        };
-        let ratio = match (o, best) {
-            (Some(o), Some(b)) if o > 0.0 && b > 0.0 => {
-                format!("{:.2}x", if higher_better { o / b } else { b / o })
-            }
-            _ => "-".into(),
-        };
+        let (tn, tc) = (median_of(per(1)), median_of(per(2)));
+        // per-round ratio: ours against that round's better PyTorch layout
+        let ratios: Vec<f64> = all_rounds
+            .iter()
+            .filter_map(|r| {
+                let o = get(&Some(r.0.clone()), key)?;
+                let best = match (get(&r.1, key), get(&r.2, key)) {
+                    (Some(a), Some(b)) => {
+                        if higher_better {
+                            a.max(b)
+                        } else {
+                            a.min(b)
+                        }
+                    }
+                    (a, b) => a.or(b)?,
+                };
+                (o > 0.0 && best > 0.0).then(|| if higher_better { o / best } else { best / o })
+            })
+            .collect();
+        let ratio = median_of(ratios.clone())
+            .map(|r| format!("{r:.2}x"))
+            .unwrap_or("-".into());
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
-        println!("| {label} | {} | {} | {} | {ratio} |", f(o), f(tn), f(tc));
+        if multi {
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "| {label} | {} | {} | {} | {ratio} | {} |",
+                f(o),
+                f(tn),
+                f(tc),
+                each.join(", ")
+            );
+        } else {
+            println!("| {label} | {} | {} | {} | {ratio} |", f(o), f(tn), f(tc));
+        }
     }
     let ours_opt = Some(ours.clone());
     if let (Some(p50), Some(p95)) = (
@@ -436,7 +496,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .get("slider_pair")
             .and_then(|v| v.as_str())
             .unwrap_or("?");
-        println!("| slider drag -> source and mapped images decoded ({pair}; target <= 16 ms p95) | p50 {p50:.2} ms, p95 {p95:.2} ms | - | - | - |");
+        let extra = if multi { " - |" } else { "" };
+        println!("| slider drag -> source and mapped images decoded ({pair}; target <= 16 ms p95) | p50 {p50:.2} ms, p95 {p95:.2} ms | - | - | - |{extra}");
     }
     let versions = get(&t_nchw, "threads").map(|t| {
         format!(
@@ -454,7 +515,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         versions.unwrap_or_default()
     );
     if let Some(path) = a.json {
-        let all = json!({ "ours": ours, "torch_nchw": t_nchw, "torch_channels_last": t_cl });
+        let all = if multi {
+            let each: Vec<Value> = all_rounds
+                .iter()
+                .map(|(o, n, c)| json!({ "ours": o, "torch_nchw": n, "torch_channels_last": c }))
+                .collect();
+            json!({ "rounds": each })
+        } else {
+            json!({ "ours": ours, "torch_nchw": t_nchw, "torch_channels_last": t_cl })
+        };
         crate::model::store::write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
