@@ -32,6 +32,11 @@ fn vae_loss_goes_down_and_model_is_written() {
         "reconstruction MSE did not drop: {:?}",
         h.iter().map(|e| e.loss).collect::<Vec<_>>()
     );
+    // every epoch records its median step time
+    for e in h {
+        assert!(e.median_step_secs > 0.0 && e.median_step_secs.is_finite());
+        assert!(e.images_per_sec > 0.0);
+    }
     let model = load_model(out.path(), &Device::Cpu).unwrap();
     let q = model.config.quality.clone().expect("quality measured");
     assert_eq!(q.num_images, 12);
