@@ -77,7 +77,12 @@ impl Part {
     }
 }
 
-fn time_median(repeats: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median seconds of `repeats` calls of `f` after `warmup` untimed ones.
+pub(super) fn time_median(
+    repeats: usize,
+    warmup: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }

@@ -4,8 +4,6 @@
 //! (`bench/torch_layers.py` times the same layers in PyTorch). A profiling aid: it shows which layer and which kernel a change to `model::conv`
 //! moves, with far less noise than a whole training step on a shared 2-core machine.
 
-use std::time::Instant;
-
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
@@ -95,16 +93,8 @@ fn vae_layers(c: usize) -> Vec<Layer> {
     v
 }
 
-fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up
-    let mut ts = Vec::with_capacity(repeats);
-    for _ in 0..repeats.max(1) {
-        let t0 = Instant::now();
-        f()?;
-        ts.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    ts.sort_by(|a, b| a.total_cmp(b));
-    Ok(ts[ts.len() / 2])
+fn median_ms(repeats: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(1e3 * super::bench::time_median(repeats.max(1), 1, f)?)
 }
 
 /// Prints a table: per layer, forward ms, forward + backward ms, and GFLOP/s of the pair.

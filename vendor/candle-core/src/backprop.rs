@@ -730,9 +730,9 @@ impl GradStore {
         Ok(grad)
     }
 
-    /// Adds `grad` to the gradient of `tensor`; the first contribution is stored as it is
-    /// (made contiguous) instead of being added to a zero-filled tensor, which gave the same
-    /// values and tracking. latent-atlas patch: saves a zero fill and an add of a full-size
+    /// Adds `grad` to the gradient of `tensor`; a contiguous first contribution is stored as
+    /// it is instead of being added to a zero-filled tensor, which gave the same values and
+    /// tracking. latent-atlas patch: saves a zero fill and an add of a full-size
     /// tensor for every gradient; see vendor/README.md.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
@@ -750,7 +750,14 @@ impl GradStore {
                         tensor.dtype()
                     );
                 }
-                entry.insert(grad.contiguous()?);
+                // A strided gradient (a broadcast from a reduction's backward) is materialised
+                // by the add it always had: candle's strided copy of a broadcast is slower.
+                let first = if grad.is_contiguous() {
+                    grad.clone()
+                } else {
+                    tensor.zeros_like()?.add(grad)?
+                };
+                entry.insert(first);
             }
         }
         Ok(())
