@@ -94,9 +94,9 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
 /// Errors unless a fused bias has one value per output channel.
 fn check_bias(epi: kernels::BiasLeaky, channels: usize) -> candle_core::Result<()> {
     match epi {
-        Some((bias, _)) if bias.len() != channels => candle_core::bail!(
+        Some(e) if e.bias.len() != channels => candle_core::bail!(
             "fast conv + bias + leaky: bias of {} for {channels} output channels",
-            bias.len()
+            e.bias.len()
         ),
         _ => Ok(()),
     }
@@ -356,7 +356,11 @@ impl CustomOp3 for ConvBiasLeaky {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let bias = f32_slice(s3, l3, "bias")?;
-        let (y, shape, fused) = self.conv.run(s1, l1, s2, l2, Some((bias, self.slope)))?;
+        let epi = kernels::Epilogue {
+            bias,
+            slope: self.slope,
+        };
+        let (y, shape, fused) = self.conv.run(s1, l1, s2, l2, Some(epi))?;
         if fused {
             return Ok((y, shape));
         }

@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::kernels::{group_size, threads};
+use super::kernels::{group_size, threads, Epilogue};
 use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
 use super::ConvGeom;
 use crate::model::activation::filled_vec;
@@ -91,30 +91,6 @@ pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// `v ↦ leaky(v + bias[channel], slope)`, applied to each output tile as it is finished
-/// (while in L1) instead of in a separate pass over the whole output.
-#[derive(Clone, Copy)]
-pub(super) struct Epilogue<'a> {
-    pub(super) bias: &'a [f32],
-    pub(super) slope: f32,
-}
-
-impl Epilogue<'_> {
-    /// Applies the epilogue of channel `ch` to `len` finished floats at `p`.
-    ///
-    /// # Safety
-    /// `p` points to `len` initialised floats.
-    #[inline]
-    pub(super) unsafe fn apply(&self, ch: usize, p: *mut f32, len: usize) {
-        let (b, slope) = (self.bias[ch], self.slope);
-        let row = std::slice::from_raw_parts_mut(p, len);
-        for v in row {
-            let t = *v + b;
-            *v = t * if t > 0.0 { 1.0 } else { slope };
-        }
-    }
 }
 
 /// Per-thread buffers of [`forward_images`].

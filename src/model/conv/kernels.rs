@@ -180,8 +180,32 @@ fn channels_per_thread(c: usize) -> usize {
     c.div_ceil(threads().min(c).max(1)).max(1)
 }
 
-/// A bias + leaky ReLU to apply to a conv's output, `(bias [c_out], slope)`.
-pub(super) type BiasLeaky<'a> = Option<(&'a [f32], f32)>;
+/// `v ↦ leaky(v + bias[channel], slope)`, applied to each output tile as it is finished
+/// (while in cache) instead of in a separate pass over the whole output.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub(super) bias: &'a [f32],
+    pub(super) slope: f32,
+}
+
+impl Epilogue<'_> {
+    /// Applies the epilogue of channel `ch` to `len` finished floats at `p`.
+    ///
+    /// # Safety
+    /// `p` points to `len` initialised floats.
+    #[inline]
+    pub(super) unsafe fn apply(&self, ch: usize, p: *mut f32, len: usize) {
+        let (b, slope) = (self.bias[ch], self.slope);
+        let row = std::slice::from_raw_parts_mut(p, len);
+        for v in row {
+            let t = *v + b;
+            *v = t * if t > 0.0 { 1.0 } else { slope };
+        }
+    }
+}
+
+/// An optional bias + leaky ReLU to apply to a conv's output.
+pub(super) type BiasLeaky<'a> = Option<Epilogue<'a>>;
 
 /// [`forward`], with `epi` applied inside the implicit-gemm kernel (to each finished output
 /// tile) where that kernel runs: returns whether it was applied.
@@ -194,11 +218,8 @@ pub(super) fn forward_fused(
     epi: BiasLeaky,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
-    if let Some((bias, slope)) = epi {
-        if b >= threads() && implicit::applies(d, g) {
-            let e = implicit::Epilogue { bias, slope };
-            return (implicit::forward(x, w, b, d, g, Some(e)), true);
-        }
+    if epi.is_some() && b >= threads() && implicit::applies(d, g) {
+        return (implicit::forward(x, w, b, d, g, epi), true);
     }
     forward_impl(x, w, b, d, g, epi)
 }
@@ -218,11 +239,8 @@ pub(super) fn grad_input_fused(
     epi: BiasLeaky,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
-    if let Some((bias, slope)) = epi {
-        if b >= threads() && phases::applies_grad_input(d, g) {
-            let e = implicit::Epilogue { bias, slope };
-            return (phases::grad_input(gy, w, b, d, g, Some(e)), true);
-        }
+    if epi.is_some() && b >= threads() && phases::applies_grad_input(d, g) {
+        return (phases::grad_input(gy, w, b, d, g, epi), true);
     }
     (grad_input(gy, w, b, d, g), false)
 }
@@ -256,16 +274,10 @@ fn forward_impl(
                         let cnt = ychunk.len() / (d.c_out * n);
                         im2col_group(x, gi * nb, cnt, d, g, cols);
                         forward_group(cols, cnt, w, ychunk, tmp, d, rows, par);
-                        if let Some((bias, slope)) = epi {
-                            // SAFETY: forward_group wrote the whole chunk.
-                            let y =
-                                unsafe { &mut *(ychunk as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                            for (j, ch) in y.chunks_exact_mut(n).enumerate() {
-                                let (bv, s) = (bias[j % d.c_out], slope);
-                                for v in ch {
-                                    let t = *v + bv;
-                                    *v = t * if t > 0.0 { 1.0 } else { s };
-                                }
+                        if let Some(e) = epi {
+                            for (j, ch) in ychunk.chunks_exact_mut(n).enumerate() {
+                                // SAFETY: forward_group wrote the whole chunk.
+                                unsafe { e.apply(j % d.c_out, ch.as_mut_ptr().cast(), n) };
                             }
                         }
                     },

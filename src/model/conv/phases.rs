@@ -11,8 +11,8 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, masked_row, tile, Epilogue, Scratch, KC, MR, NR};
-use super::kernels::{group_size, threads};
+use super::implicit::{applies, masked_row, tile, Scratch, KC, MR, NR};
+use super::kernels::{group_size, threads, Epilogue};
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
 
