@@ -92,7 +92,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
 }
 
 /// Errors unless a fused bias has one value per output channel.
-fn check_bias(epi: kernels::BiasLeaky, channels: usize) -> candle_core::Result<()> {
+fn check_bias(epi: Option<kernels::Epilogue>, channels: usize) -> candle_core::Result<()> {
     match epi {
         Some(e) if e.bias.len() != channels => candle_core::bail!(
             "fast conv + bias + leaky: bias of {} for {channels} output channels",
@@ -111,7 +111,7 @@ impl ConvOp {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        epi: kernels::BiasLeaky,
+        epi: Option<kernels::Epilogue>,
     ) -> candle_core::Result<(CpuStorage, Shape, bool)> {
         let a = f32_slice(s1, l1, "lhs")?;
         let bw = f32_slice(s2, l2, "rhs")?;

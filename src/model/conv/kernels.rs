@@ -180,8 +180,7 @@ fn channels_per_thread(c: usize) -> usize {
     c.div_ceil(threads().min(c).max(1)).max(1)
 }
 
-/// `v ↦ leaky(v + bias[channel], slope)`, applied to each output tile as it is finished
-/// (while in cache) instead of in a separate pass over the whole output.
+/// `v ↦ leaky(v + bias[channel], slope)` on finished output, while in cache (no extra pass).
 #[derive(Clone, Copy)]
 pub(super) struct Epilogue<'a> {
     pub(super) bias: &'a [f32],
@@ -204,18 +203,14 @@ impl Epilogue<'_> {
     }
 }
 
-/// An optional bias + leaky ReLU to apply to a conv's output.
-pub(super) type BiasLeaky<'a> = Option<Epilogue<'a>>;
-
-/// [`forward`], with `epi` applied inside the implicit-gemm kernel (to each finished output
-/// tile) where that kernel runs: returns whether it was applied.
+/// [`forward`] with `epi` applied inside the kernel where it can be: returns whether it was.
 pub(super) fn forward_fused(
     x: &[f32],
     w: &[f32],
     b: usize,
     d: &Dims,
     g: &ConvGeom,
-    epi: BiasLeaky,
+    epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
     if epi.is_some() && b >= threads() && implicit::applies(d, g) {
@@ -228,15 +223,14 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) ->
     forward_impl(x, w, b, d, g, None).0
 }
 
-/// [`grad_input`] (a transposed conv's forward), with `epi` applied per finished channel
-/// inside the stride-phase kernel where it runs: returns whether it was applied.
+/// [`grad_input`] (a transposed conv's forward) with `epi` as in [`forward_fused`].
 pub(super) fn grad_input_fused(
     gy: &[f32],
     w: &[f32],
     b: usize,
     d: &Dims,
     g: &ConvGeom,
-    epi: BiasLeaky,
+    epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
     if epi.is_some() && b >= threads() && phases::applies_grad_input(d, g) {
@@ -253,7 +247,7 @@ fn forward_impl(
     b: usize,
     d: &Dims,
     g: &ConvGeom,
-    epi: BiasLeaky,
+    epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
