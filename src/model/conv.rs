@@ -27,6 +27,8 @@ mod dot;
 #[cfg(target_arch = "x86_64")]
 mod implicit;
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod micro;
 mod mm;
 #[cfg(target_arch = "x86_64")]
 mod phases;

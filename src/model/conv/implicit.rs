@@ -20,13 +20,13 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::kernels::{group_size, threads, Epilogue};
+use super::micro::Micro;
+pub(super) use super::micro::MR;
 use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
 use super::ConvGeom;
 use crate::model::activation::filled_vec;
 
-/// Pixels per strip: gemm's f32 AVX2 micro-kernel height (two 8-wide vectors).
-pub(super) const MR: usize = 16;
-/// Output channels per weight panel: the micro-kernel width.
+/// im2col rows per panel of the weight gradient: gemm's AVX2 micro-kernel width.
 pub(super) const NR: usize = 6;
 /// Rows of the im2col matrix per slice: a packed strip slice is `KC x 16` floats (16 KB,
 /// in L1) and a weight slice `c_out x KC` (at most 256 KB for 256 channels, in L2).
@@ -79,15 +79,15 @@ pub(super) fn applies(d: &Dims, g: &ConvGeom) -> bool {
         && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// The weights `w` (`[c_out, rows]`) as panels of [`NR`] output channels, each `[rows][NR]`,
+/// The weights `w` (`[c_out, rows]`) as panels of `nr` output channels, each `[rows][nr]`,
 /// the last one padded with zero channels.
-pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize) -> Vec<f32> {
-    let panels = c_out.div_ceil(NR);
-    let mut out = vec![0f32; panels * rows * NR];
+pub(super) fn pack_weights(w: &[f32], c_out: usize, rows: usize, nr: usize) -> Vec<f32> {
+    let panels = c_out.div_ceil(nr);
+    let mut out = vec![0f32; panels * rows * nr];
     for (co, wr) in w.chunks_exact(rows).take(c_out).enumerate() {
-        let panel = &mut out[(co / NR) * rows * NR..][..rows * NR];
+        let panel = &mut out[(co / nr) * rows * nr..][..rows * nr];
         for (r, &v) in wr.iter().enumerate() {
-            panel[r * NR + co % NR] = v;
+            panel[r * nr + co % nr] = v;
         }
     }
     out
@@ -151,12 +151,12 @@ impl Taps {
 
 /// `y = conv2d(x, w)` for `cnt` consecutive images of `x` (`[cnt, c_in, h, w]`) into `y`
 /// (`[cnt, c_out, ho, wo]`; every element written, so `y` may be uninitialised), with
-/// `wp` the weights from [`pack_weights`]. Requires [`applies`].
+/// `wp` the weights from [`pack_weights`] in panels of `micro.nr`. Requires [`applies`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_images(
     x: &[f32],
     cnt: usize,
-    wp: &[f32],
+    (wp, micro): (&[f32], Micro),
     taps: &Taps,
     d: &Dims,
     g: &ConvGeom,
@@ -167,7 +167,8 @@ pub(super) fn forward_images(
     let (kk, n) = (g.kernel * g.kernel, d.col_cols());
     let rows = d.c_in * kk;
     let (img, plane) = (d.c_in * d.h * d.w, d.ho * d.wo);
-    assert!(x.len() >= cnt * img && y.len() >= cnt * d.c_out * n && wp.len() >= rows * NR);
+    let nr = micro.nr;
+    assert!(x.len() >= cnt * img && y.len() >= cnt * d.c_out * n && wp.len() >= rows * nr);
     // every image's channels as phase planes, one image after the other, with margins
     let (per_img, margin) = (d.c_in * taps.phases * plane, taps.margin);
     split_planes(x, cnt, d, taps.phases, margin, &mut scratch.planes);
@@ -194,20 +195,20 @@ pub(super) fn forward_images(
                         &mut scratch.strip,
                     )
                 };
-                for (j, panel) in wp.chunks_exact(rows * NR).enumerate() {
-                    let co = j * NR;
-                    let cols = NR.min(d.c_out - co);
-                    // SAFETY: FMA checked by applies(); the strip holds kc x 16 floats, the
-                    // panel rows x 6, and the 16 x `cols` tile of y is inside image i's output
-                    // (p0 + 16 <= n, co + cols <= c_out).
+                for (j, panel) in wp.chunks_exact(rows * nr).enumerate() {
+                    let co = j * nr;
+                    let cols = nr.min(d.c_out - co);
+                    // SAFETY: applies() checked FMA, Micro AVX-512 for its wide kernel; the
+                    // strip holds kc x 16 floats, the panel rows x nr, and the 16 x `cols`
+                    // tile of y is inside image i's output (p0 + 16 <= n, co + cols <= c_out).
                     unsafe {
                         let at = ydst.add((i * d.c_out + co) * n + p0);
-                        tile(
-                            (MR, cols, kc),
+                        micro.tile(
+                            (cols, kc),
                             at,
                             n,
                             scratch.strip.as_ptr(),
-                            (panel.as_ptr().add(k0 * NR), NR, 1),
+                            panel.as_ptr().add(k0 * nr),
                             k0 > 0,
                         );
                         // the tile is final after the last slice
@@ -454,7 +455,8 @@ pub(super) fn forward(
 ) -> Vec<f32> {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
-    let wp = pack_weights(w, d.c_out, rows);
+    let micro = Micro::for_cols(d.c_out);
+    let wp = pack_weights(w, d.c_out, rows, micro.nr);
     let taps = Taps::new(d, g);
     let nb = group_size(n).min(b.div_ceil(threads()));
     let fill = |y: &mut [MaybeUninit<f32>]| {
@@ -463,7 +465,7 @@ pub(super) fn forward(
             .for_each_init(Scratch::default, |scratch, (gi, ychunk)| {
                 let cnt = ychunk.len() / (d.c_out * n);
                 let xg = &x[gi * nb * img..][..cnt * img];
-                forward_images(xg, cnt, &wp, &taps, d, g, ychunk, scratch, epi);
+                forward_images(xg, cnt, (&wp, micro), &taps, d, g, ychunk, scratch, epi);
             })
     };
     // SAFETY: the chunks cover the output and forward_images writes every element of each.

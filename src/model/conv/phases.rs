@@ -11,8 +11,9 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, masked_row, tile, Scratch, KC, MR, NR};
+use super::implicit::{applies, masked_row, Scratch, KC, MR};
 use super::kernels::{group_size, threads, Epilogue};
+use super::micro::Micro;
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
 
@@ -24,9 +25,11 @@ pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
 
 /// Per-phase weight panels, tap offsets and masks of one convolution.
 pub(super) struct PhaseWeights {
-    /// Per phase: panels of 6 input channels, each `[c_out * 4][6]` (row `co * 4 + j` for the
-    /// phase's tap `j`), zero-padded past `c_in`.
+    /// Per phase: panels of `micro.nr` input channels, each `[c_out * 4][nr]` (row
+    /// `co * 4 + j` for the phase's tap `j`), zero-padded past `c_in`.
     panels: Vec<Vec<f32>>,
+    /// The micro-kernel for `c_in` columns.
+    micro: Micro,
     /// Per phase, per tap `j`: the offset of the source in `gy` from the plane pixel.
     offs: Vec<[isize; 4]>,
     /// Per phase, per tap `j`, per plane pixel: all ones where the source exists, else 0.
@@ -40,6 +43,8 @@ impl PhaseWeights {
     pub(super) fn new(w: &[f32], d: &Dims, g: &ConvGeom) -> Self {
         let (k, n) = (g.kernel, d.col_cols());
         let rows = d.c_out * 4;
+        let micro = Micro::for_cols(d.c_in);
+        let nr = micro.nr;
         let (mut panels, mut offs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         let mut reach = 0isize;
         for phase in 0..4 {
@@ -82,12 +87,12 @@ impl PhaseWeights {
                     }
                 }
             }
-            let mut p = vec![0f32; d.c_in.div_ceil(NR) * rows * NR];
+            let mut p = vec![0f32; d.c_in.div_ceil(nr) * rows * nr];
             for ci in 0..d.c_in {
-                let panel = &mut p[(ci / NR) * rows * NR..][..rows * NR];
+                let panel = &mut p[(ci / nr) * rows * nr..][..rows * nr];
                 for co in 0..d.c_out {
                     for (j, &(ki, kj)) in tap_k.iter().enumerate() {
-                        panel[(co * 4 + j) * NR + ci % NR] =
+                        panel[(co * 4 + j) * nr + ci % nr] =
                             w[((co * d.c_in + ci) * k + ki) * k + kj];
                     }
                 }
@@ -98,6 +103,7 @@ impl PhaseWeights {
         }
         Self {
             panels,
+            micro,
             offs,
             masks,
             margin: (reach as usize + MR).next_multiple_of(16),
@@ -150,18 +156,19 @@ pub(super) fn grad_input_images(
                             &mut scratch.strip,
                         )
                     };
-                    for (j, panel) in pw.panels[phase].chunks_exact(rows * NR).enumerate() {
-                        let ci = j * NR;
-                        // SAFETY: FMA checked by applies(); the tile (16 plane pixels from p0,
-                        // channels ci.. ci + 6 clipped to c_in) lies inside image i's phase
-                        // planes.
+                    let (micro, nr) = (pw.micro, pw.micro.nr);
+                    for (j, panel) in pw.panels[phase].chunks_exact(rows * nr).enumerate() {
+                        let ci = j * nr;
+                        // SAFETY: applies() checked FMA, Micro AVX-512 for its wide kernel;
+                        // the tile (16 plane pixels from p0, channels ci.. ci + nr clipped to
+                        // c_in) lies inside image i's phase planes.
                         unsafe {
-                            tile(
-                                (MR, NR.min(d.c_in - ci), kc),
+                            micro.tile(
+                                (nr.min(d.c_in - ci), kc),
                                 dst.add(((i * d.c_in + ci) * 4 + phase) * plane + p0),
                                 4 * plane,
                                 scratch.strip.as_ptr(),
-                                (panel.as_ptr().add(k0 * NR), NR, 1),
+                                panel.as_ptr().add(k0 * nr),
                                 k0 > 0,
                             );
                         }
