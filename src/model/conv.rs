@@ -33,6 +33,8 @@ mod mm;
 #[cfg(target_arch = "x86_64")]
 mod phases;
 mod unfold;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
 use unfold::Dims;
 

@@ -17,7 +17,7 @@ pub(super) const WIDE: usize = 16;
 /// Panel width of gemm's AVX2 kernel.
 pub(super) const NARROW: usize = 6;
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -70,7 +70,7 @@ impl Micro {
         debug_assert!(n <= self.nr);
         #[cfg(target_arch = "x86_64")]
         if self.nr == WIDE {
-            return tile16(n, k, dst, dst_cs, strip, panel, accumulate);
+            return tile16((MR, n, k), dst, dst_cs, (strip, MR), panel, accumulate);
         }
         super::implicit::tile(
             (MR, n, k),
@@ -83,15 +83,20 @@ impl Micro {
     }
 }
 
-/// The AVX-512 16 x 16 kernel of [`Micro::tile`].
+/// The AVX-512 16 x 16 kernel of [`Micro::tile`] for an `m x n` tile (`m, n ≤ 16`): rows
+/// past `m` of `dst` are neither read nor written (masked loads and stores). The strip's
+/// step `q` is the 16 floats at `strip.0 + q * strip.1`.
+///
+/// # Safety
+/// As [`Micro::tile`], with AVX-512F; `dst` holds `m` floats at each of its `n` columns,
+/// the strip 16 floats at each step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile16(
-    n: usize,
-    k: usize,
+pub(super) unsafe fn tile16(
+    (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_cs: usize,
-    strip: *const f32,
+    (strip, strip_ld): (*const f32, usize),
     panel: *const f32,
     accumulate: bool,
 ) {
@@ -104,18 +109,19 @@ unsafe fn tile16(
         for (j, acc) in c.iter_mut().enumerate() {
             *acc = _mm512_fmadd_ps(a, _mm512_set1_ps(*p.add(j)), *acc);
         }
-        s = s.add(MR);
+        s = s.add(strip_ld);
         p = p.add(WIDE);
     }
+    let mask: __mmask16 = if m >= MR { !0 } else { (1 << m) - 1 };
     for (j, acc) in c.iter().enumerate() {
         if j < n {
             let o = dst.add(j * dst_cs);
             let v = if accumulate {
-                _mm512_add_ps(*acc, _mm512_loadu_ps(o))
+                _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(mask, o))
             } else {
                 *acc
             };
-            _mm512_storeu_ps(o, v);
+            _mm512_mask_storeu_ps(o, mask, v);
         }
     }
 }

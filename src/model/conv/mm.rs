@@ -1,4 +1,6 @@
-//! Strided matrix products for the fast convolutions: thin wrappers over `gemm::gemm`.
+//! Strided matrix products for the fast convolutions: the AVX-512 kernel of [`super::wide`]
+//! where it applies (single-threaded, a unit stride in the output, at least 16 columns on the
+//! other side), else `gemm::gemm`.
 
 use std::mem::MaybeUninit;
 
@@ -60,8 +62,21 @@ pub(super) fn matmul_into(
     );
     // SAFETY: the callers build `lhs`/`rhs` from slices that hold at least m*k / k*n elements at
     // the given strides, and `dst` holds every element the (non-negative) strides of `layout`
-    // reach for m x n; gemm reads and writes only those.
+    // reach for m x n; gemm and the AVX-512 kernel read and write only those.
     unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(par, gemm::Parallelism::None)
+            && super::wide::matmul(
+                dst.as_mut_ptr().cast::<f32>(),
+                layout,
+                (m, n, k),
+                lhs,
+                rhs,
+                accumulate,
+            )
+        {
+            return;
+        }
         gemm::gemm(
             m,
             n,
