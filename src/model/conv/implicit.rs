@@ -20,13 +20,14 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::kernels::{group_size, threads, Epilogue};
-use super::micro::Micro;
 pub(super) use super::micro::MR;
+use super::micro::{has_avx512, tile16, Micro};
 use super::unfold::{plane_dims, tap_phase, to_planes, valid_range, Dims};
+use super::wide::transpose_rows;
 use super::ConvGeom;
 use crate::model::activation::filled_vec;
 
-/// im2col rows per panel of the weight gradient: gemm's AVX2 micro-kernel width.
+/// im2col rows per panel of the weight gradient on gemm's AVX2 micro-kernel (its width).
 pub(super) const NR: usize = 6;
 /// Rows of the im2col matrix per slice: a packed strip slice is `KC x 16` floats (16 KB,
 /// in L1) and a weight slice `c_out x KC` (at most 256 KB for 256 channels, in L2).
@@ -298,10 +299,17 @@ pub(super) fn grad_weight_images(
                 }
             });
         }
-        scratch.panel.resize(NR * kc, 0.0);
-        for r0 in (0..rows).step_by(NR) {
-            let nr = NR.min(rows - r0);
-            for jj in 0..NR {
+        // panels of `width` im2col rows: 16 for the AVX-512 kernel (transposed to [kc][16]
+        // after the copy), else 6 for gemm's, which reads the [6][kc] rows as they are
+        let wide = has_avx512();
+        let width = if wide { MR } else { NR };
+        scratch.panel.resize(width * kc, 0.0);
+        if wide {
+            scratch.phases.resize(MR * kc, 0.0);
+        }
+        for r0 in (0..rows).step_by(width) {
+            let nr = width.min(rows - r0);
+            for jj in 0..width {
                 let row = &mut scratch.panel[jj * kc..][..kc];
                 if jj >= nr {
                     row.fill(0.0);
@@ -321,17 +329,41 @@ pub(super) fn grad_weight_images(
                     }
                 });
             }
+            if wide {
+                let panel_t = scratch.phases.as_mut_ptr();
+                // SAFETY: AVX-512F checked; the panel holds 16 rows of kc floats, panel_t
+                // 16 kc floats.
+                unsafe { transpose_rows(scratch.panel.as_ptr(), kc, kc, panel_t) };
+            }
             for s_i in 0..strips {
                 let co = s_i * MR;
+                let at = (r0 * c_out + co, MR.min(c_out - co));
+                let strip = scratch.strip.as_ptr().wrapping_add(s_i * kc * MR);
+                if wide {
+                    // SAFETY: AVX-512F checked; the strip holds kc x 16 floats, panel_t
+                    // kc x 16, and the tile (16 channels from co, nr rows from r0) of the
+                    // [rows][c_out] accumulator lies inside it (partial rows are masked).
+                    unsafe {
+                        tile16(
+                            (at.1, nr, kc),
+                            acc_t.as_mut_ptr().add(at.0),
+                            c_out,
+                            (strip, MR),
+                            scratch.phases.as_ptr(),
+                            true,
+                        )
+                    };
+                    continue;
+                }
                 // SAFETY: applies() checked FMA; the strip holds kc x 16 floats, the panel
                 // 6 x kc, and the tile (16 channels from co, nr rows from r0) of the
                 // [rows][c_out] accumulator lies inside it (partial tiles are clipped).
                 unsafe {
                     tile(
-                        (MR.min(c_out - co), nr, kc),
-                        acc_t.as_mut_ptr().add(r0 * c_out + co),
+                        (at.1, nr, kc),
+                        acc_t.as_mut_ptr().add(at.0),
                         c_out,
-                        scratch.strip.as_ptr().add(s_i * kc * MR),
+                        strip,
                         (scratch.panel.as_ptr(), 1, kc),
                         true,
                     );

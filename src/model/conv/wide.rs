@@ -147,6 +147,21 @@ pub(super) unsafe fn matmul(
     true
 }
 
+/// `out[q][i] = rows[i * ld + q]` for 16 rows of `kc` floats, `ld` apart: a `[16][kc]` block
+/// as the `[kc][16]` panel or strip the kernel reads.
+///
+/// # Safety
+/// AVX-512F; `rows` holds the 16 rows, `out` `16 kc` floats.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose_rows(rows: *const f32, ld: usize, kc: usize, out: *mut f32) {
+    let op = Operand {
+        ptr: rows,
+        is: ld as isize,
+        qs: 1,
+    };
+    pack16(op, (0, 0), MR, kc, out);
+}
+
 /// Packs rows `i0..i0 + cnt` (`cnt ≤ 16`) at inner steps `q0..q0 + kc` of `op` into
 /// `out[q][16]` (`q < kc`), zero past `cnt`.
 ///
