@@ -88,6 +88,9 @@ fn implicit_gemm_kernels_match_native() {
         (2, 40, 16, 16, 6),
         (4, 32, 32, 16, 1),
         (2, 48, 8, 8, 12),
+        // 16+ output channels: the AVX-512 kernel's 16-wide panels, full and partial
+        (2, 32, 16, 16, 20),
+        (2, 32, 8, 8, 35),
         // two 256-pixel groups per thread: the weight gradient accumulates across them
         (4, 32, 32, 32, 7),
     ]

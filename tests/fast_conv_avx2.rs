@@ -1,0 +1,97 @@
+//! The AVX2 paths of the conv kernels (gemm_f32's 16x6 micro-kernel, gemm's products), which a
+//! CPU with AVX-512F never takes otherwise: `LATENT_ATLAS_NO_AVX512` is set before any kernel
+//! runs (this binary's only test, so nothing runs before it), then the implicit, stride-phase
+//! and im2col routes are compared with candle's native ops, outputs and gradients.
+
+mod common;
+use common::max_abs_diff;
+
+use candle_core::{Device, Tensor, Var};
+use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn check(ours: &Tensor, native: &Tensor, x: &Var, w: &Var, seed: u64, what: &str) {
+    assert!(max_abs_diff(ours, native) < 1e-4, "forward {what}");
+    let r = rand(ours.dims(), seed);
+    let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (go, gn) = (grads(ours), grads(native));
+    assert!(
+        max_abs_diff(go.get(x).unwrap(), gn.get(x).unwrap()) < 1e-4,
+        "grad x {what}"
+    );
+    assert!(
+        max_abs_diff(go.get(w).unwrap(), gn.get(w).unwrap()) < 1e-3,
+        "grad w {what}"
+    );
+}
+
+#[test]
+fn avx2_kernels_match_native() {
+    std::env::set_var("LATENT_ATLAS_NO_AVX512", "1");
+    // (batch, c_in, side, c_out, kernel, stride): 4x4 stride-2 layers on the implicit and
+    // stride-phase kernels (output channels past and within one 6-wide panel), 3x3 stride-1
+    // ones (implicit, and im2col for the 16 -> 3 output conv), the first 3-channel layer
+    for (i, &(b, c_in, side, c_out, k, s)) in [
+        (3, 32, 16, 20, 4, 2),
+        (2, 40, 8, 7, 4, 2),
+        (2, 32, 8, 35, 3, 1),
+        (2, 16, 16, 3, 3, 1),
+        (2, 3, 16, 32, 4, 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = ConvGeom {
+            kernel: k,
+            stride: s,
+            padding: 1,
+        };
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, c_in, k, k], 20 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), 1, s, 1, 1).unwrap();
+        check(
+            &ours,
+            &native,
+            &x,
+            &w,
+            30 + i as u64,
+            &format!("conv {b}x{c_in}x{side} -> {c_out} k{k}"),
+        );
+    }
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    for (i, &(b, c_in, side, c_out)) in [(2, 40, 8, 32), (2, 64, 4, 20)].iter().enumerate() {
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 40 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 50 + i as u64)).unwrap();
+        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+        let native = x
+            .as_tensor()
+            .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
+            .unwrap();
+        check(
+            &ours,
+            &native,
+            &x,
+            &w,
+            60 + i as u64,
+            &format!("transposed {c_in} -> {c_out}"),
+        );
+    }
+}
