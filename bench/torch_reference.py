@@ -3,7 +3,10 @@
 src/model (VAE, Split-VAE, GAN step, recoder), timed on the CPU with the same thread count.
 Prints one JSON object. PyTorch is needed for benchmarking only, never at run time.
 
-    python bench/torch_reference.py --threads 2 [--quick] [--channels-last]
+    python bench/torch_reference.py --threads 2 [--quick] [--channels-last] [--device cuda]
+
+With --device cuda the models and batches live on the GPU and every timing synchronises it;
+the map fits stay numpy on the CPU.
 """
 import argparse
 import json
@@ -127,8 +130,22 @@ class Head(nn.Module):
         return self.head(self.body(x))
 
 
+DEV = torch.device("cpu")
+
+
 def fmt(t, cl):
+    t = t.to(DEV)
     return t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t
+
+
+def place(m, cl):
+    m = m.to(DEV)
+    return m.to(memory_format=torch.channels_last) if cl else m
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timeit(fn, repeats, warmup=2):
@@ -136,8 +153,10 @@ def timeit(fn, repeats, warmup=2):
         fn()
     ts = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -148,12 +167,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--part", choices=["train", "infer", "fits"], default=None)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    global DEV
+    DEV = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cl = a.channels_last
     rep = 3 if a.quick else 7
-    out = {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(), "channels_last": cl}
+    out = {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(), "channels_last": cl, "device": str(DEV)}
     b = 64
     x = fmt(torch.rand(b, 3, 64, 64), cl)
 
@@ -187,20 +209,16 @@ def train_part(out, x, b, cl, rep):
         return step
 
     for name, split, d in [("vae", False, 64), ("svae", True, 128)]:
-        m = Vae(d, split=split)
-        if cl:
-            m = m.to(memory_format=torch.channels_last)
+        m = place(Vae(d, split=split), cl)
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         out[f"train_{name}_img_s"] = b / timeit(vae_step(m, opt, d), rep)
 
-    gen, disc = BnGenerator(64), BnDiscriminator()
-    if cl:
-        gen, disc = gen.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
+    gen, disc = place(BnGenerator(64), cl), place(BnDiscriminator(), cl)
     og = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
     od = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
 
     def gan_step():
-        z = torch.randn(b, 64)
+        z = torch.randn(b, 64, device=DEV)
         fake = gen(z)
         ld = F.softplus(-disc(x)).mean() + F.softplus(disc(fake.detach())).mean()
         od.zero_grad(set_to_none=True)
@@ -218,13 +236,11 @@ def train_part(out, x, b, cl, rep):
     out["train_gan_img_s"] = b / timeit(gan_step, rep)
 
     gen.eval()
-    rec = Head(64)
-    if cl:
-        rec = rec.to(memory_format=torch.channels_last)
+    rec = place(Head(64), cl)
     orr = torch.optim.Adam(rec.parameters(), 1e-3)
 
     def rec_step():
-        z = torch.randn(b, 64)
+        z = torch.randn(b, 64, device=DEV)
         with torch.no_grad():
             xg = gen(z)
         loss = ((rec(xg) - z) ** 2).mean()
@@ -236,12 +252,10 @@ def train_part(out, x, b, cl, rep):
 
 
 def infer_part(out, cl, rep):
-    vae = Vae(64).eval()
-    if cl:
-        vae = vae.to(memory_format=torch.channels_last)
+    vae = place(Vae(64).eval(), cl)
     x256 = fmt(torch.rand(256, 3, 64, 64), cl)
-    z256 = torch.randn(256, 64)
-    z1 = torch.randn(1, 64)
+    z256 = torch.randn(256, 64, device=DEV)
+    z1 = torch.randn(1, 64, device=DEV)
     with torch.no_grad():
         out["encode_b256_img_s"] = 256 / timeit(lambda: vae.encode(x256), rep)
         out["decode_b256_img_s"] = 256 / timeit(lambda: vae.decode(z256), rep)

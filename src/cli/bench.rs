@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// round can favour either side.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Device of our side of the table (cpu, cuda, cuda:N; CUDA needs a `--features cuda`
+    /// build): training and encode/decode run there, and the PyTorch reference gets
+    /// `--device cuda` too. The lstsq map fits and the slider path stay on the CPU on both
+    /// sides, as in the explorer.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// A part of the comparison table.
@@ -125,6 +131,7 @@ fn train_throughput(
     data: &Dataset,
     steps: usize,
     generator: Option<PathBuf>,
+    dev: &Device,
 ) -> Result<f64> {
     let out = tempfile::tempdir()?;
     let opts = TrainOptions {
@@ -147,7 +154,7 @@ fn train_throughput(
         &opts,
         data,
         out.path(),
-        &Device::Cpu,
+        dev,
         false,
         &NoProgress,
         &Cancel::new(),
@@ -166,20 +173,24 @@ fn train_throughput(
         .unwrap_or(0.0))
 }
 
-fn ours(quick: bool, part: Option<Part>) -> Result<Map<String, Value>> {
+fn ours(quick: bool, part: Option<Part>, dev: &Device) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     let steps = if quick { 3 } else { 8 };
     let wants = |p: Part| part.is_none_or(|q| q == p);
     if wants(Part::Train) {
-        train_part(&mut m, steps)?;
+        train_part(&mut m, steps, dev)?;
     }
     let rep = if quick { 3 } else { 7 };
     if wants(Part::Infer) {
-        infer_part(&mut m, rep)?;
+        infer_part(&mut m, rep, dev)?;
     }
     if wants(Part::Fits) {
-        fits_part(&mut m, rep, quick)?;
+        fits_part(&mut m, rep, quick, dev)?;
     }
+    m.insert(
+        "device".into(),
+        json!(crate::model::device::device_label(dev)),
+    );
     m.insert(
         "threads".into(),
         json!(candle_core::utils::get_num_threads()),
@@ -188,20 +199,20 @@ fn ours(quick: bool, part: Option<Part>) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
-fn train_part(m: &mut Map<String, Value>, steps: usize) -> Result<()> {
+fn train_part(m: &mut Map<String, Value>, steps: usize, dev: &Device) -> Result<()> {
     let data = random_dataset(64 * steps * 2 + 64);
     eprintln!("training throughput (batch 64)...");
     m.insert(
         "train_vae_img_s".into(),
-        json!(train_throughput(TrainKind::Vae, &data, steps, None)?),
+        json!(train_throughput(TrainKind::Vae, &data, steps, None, dev)?),
     );
     m.insert(
         "train_svae_img_s".into(),
-        json!(train_throughput(TrainKind::Svae, &data, steps, None)?),
+        json!(train_throughput(TrainKind::Svae, &data, steps, None, dev)?),
     );
     m.insert(
         "train_gan_img_s".into(),
-        json!(train_throughput(TrainKind::Gan, &data, steps, None)?),
+        json!(train_throughput(TrainKind::Gan, &data, steps, None, dev)?),
     );
     let gan_dir = tempfile::tempdir()?;
     save_model(
@@ -220,55 +231,61 @@ fn train_part(m: &mut Map<String, Value>, steps: usize) -> Result<()> {
             TrainKind::Recoder,
             &data,
             steps,
-            Some(gan_dir.path().to_path_buf())
+            Some(gan_dir.path().to_path_buf()),
+            dev
         )?),
     );
     Ok(())
 }
 
-fn infer_part(m: &mut Map<String, Value>, rep: usize) -> Result<()> {
+fn infer_part(m: &mut Map<String, Value>, rep: usize, dev: &Device) -> Result<()> {
     eprintln!("encode / decode...");
     let data = random_dataset(256);
     let vae = Model::new(
         ModelConfig::new("bench-vae", Family::Vae, 64),
-        &Device::Cpu,
+        dev,
         0,
         false,
     )?;
     let idx: Vec<usize> = (0..256).collect();
-    let x = data.batch(&idx, &Device::Cpu)?;
+    let x = data.batch(&idx, dev)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let z256 = Tensor::from_vec(
         (0..256 * 64)
             .map(|_| rng.sample(rand_distr::StandardNormal))
             .collect::<Vec<f32>>(),
         (256, 64),
-        &Device::Cpu,
+        dev,
     )?;
     let z1 = z256.narrow(0, 0, 1)?;
+    // a GPU runs ops asynchronously: each timed call waits for its results
+    let run = |f: &dyn Fn() -> crate::model::Result<()>| -> Result<()> {
+        f()?;
+        Ok(dev.synchronize()?)
+    };
     m.insert(
         "encode_b256_img_s".into(),
-        json!(256.0 / time_median(rep, 2, || Ok(vae.encode(&x).map(drop)?))?),
+        json!(256.0 / time_median(rep, 2, || run(&|| vae.encode(&x).map(drop)))?),
     );
     m.insert(
         "decode_b256_img_s".into(),
-        json!(256.0 / time_median(rep, 2, || Ok(vae.decode(&z256).map(drop)?))?),
+        json!(256.0 / time_median(rep, 2, || run(&|| vae.decode(&z256).map(drop)))?),
     );
     m.insert(
         "decode_b1_ms".into(),
-        json!(1000.0 * time_median(5 * rep, 5, || Ok(vae.decode(&z1).map(drop)?))?),
+        json!(1000.0 * time_median(5 * rep, 5, || run(&|| vae.decode(&z1).map(drop)))?),
     );
     Ok(())
 }
 
-fn fits_part(m: &mut Map<String, Value>, rep: usize, quick: bool) -> Result<()> {
+fn fits_part(m: &mut Map<String, Value>, rep: usize, quick: bool, dev: &Device) -> Result<()> {
     eprintln!("map fits...");
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     for (n, key) in [(150usize, "lstsq_150_ms"), (200_000, "lstsq_200k_ms")] {
         let xs = DMatrix::<f32>::from_fn(n, 64, |_, _| rng.sample(rand_distr::StandardNormal));
         let ys = DMatrix::<f32>::from_fn(n, 150, |_, _| rng.sample(rand_distr::StandardNormal));
         let t = time_median(rep, 1, || {
-            Ok(target_from_source(&xs, &ys, &Estimator::Lstsq, &Device::Cpu).map(drop)?)
+            Ok(target_from_source(&xs, &ys, &Estimator::Lstsq, dev).map(drop)?)
         })?;
         m.insert(key.into(), json!(1000.0 * t));
     }
@@ -323,6 +340,7 @@ fn torch(
     quick: bool,
     channels_last: bool,
     part: Option<Part>,
+    dev: &Device,
 ) -> Option<Map<String, Value>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_reference.py");
     let mut cmd = std::process::Command::new(python);
@@ -337,6 +355,9 @@ fn torch(
     }
     if let Some(p) = part {
         cmd.arg("--part").arg(p.name());
+    }
+    if let candle_core::DeviceLocation::Cuda { gpu_id } = dev.location() {
+        cmd.arg("--device").arg(format!("cuda:{gpu_id}"));
     }
     let out = match cmd.output() {
         Ok(o) if o.status.success() => o,
@@ -383,20 +404,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let dev = crate::model::device::parse_device(&a.device)?;
     let rounds = a.rounds.max(1);
     let mut all_rounds = Vec::with_capacity(rounds);
     for r in 0..rounds {
         if rounds > 1 {
             eprintln!("round {}/{rounds}", r + 1);
         }
-        let ours = ours(a.quick, a.part)?;
+        let ours = ours(a.quick, a.part, &dev)?;
         let (t_nchw, t_cl) = if a.no_torch {
             (None, None)
         } else {
             eprintln!("PyTorch reference (NCHW, then channels_last)...");
             (
-                torch(&a.python, a.quick, false, a.part),
-                torch(&a.python, a.quick, true, a.part),
+                torch(&a.python, a.quick, false, a.part, &dev),
+                torch(&a.python, a.quick, true, a.part, &dev),
             )
         };
         all_rounds.push((ours, t_nchw, t_cl));
@@ -514,8 +536,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .unwrap_or("?")
         )
     });
+    let on = if dev.is_cpu() {
+        String::new()
+    } else {
+        format!(
+            " on {} (both sides; the map fits on the CPU)",
+            crate::model::device::device_label(&dev)
+        )
+    };
     println!(
-        "\ncandle 0.11 with {} threads{}; ratio > 1 means latent-atlas is faster.",
+        "\ncandle 0.11 with {} threads{}{on}; ratio > 1 means latent-atlas is faster.",
         candle_core::utils::get_num_threads(),
         versions.unwrap_or_default()
     );
