@@ -1,45 +1,11 @@
 //! The fast CPU conv kernels must agree with candle's native ops: outputs and gradients.
 
 mod common;
-use common::max_abs_diff;
+use common::{assert_matches_native, max_abs_diff, seeded as rand};
 
 use candle_core::{Device, Tensor, Var};
 use latent_atlas::model::activation::leaky_relu;
 use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    // small deterministic pseudo-random values
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-/// `ours` equals `native` (forward within 1e-4), and so do the gradients of a random weighted
-/// sum of each with respect to `x` (1e-4) and `w` (1e-3).
-fn assert_matches_native(ours: &Tensor, native: &Tensor, x: &Var, w: &Var, seed: u64, what: &str) {
-    assert!(max_abs_diff(ours, native) < 1e-4, "forward {what}");
-    let r = rand(ours.dims(), seed);
-    let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let (go, gn) = (grads(ours), grads(native));
-    assert!(
-        max_abs_diff(go.get(x).unwrap(), gn.get(x).unwrap()) < 1e-4,
-        "grad x {what}"
-    );
-    assert!(
-        max_abs_diff(go.get(w).unwrap(), gn.get(w).unwrap()) < 1e-3,
-        "grad w {what}"
-    );
-}
 
 const GEOMS: [(usize, usize, usize); 7] = [
     (4, 2, 1),

@@ -4,39 +4,10 @@
 //! and im2col routes are compared with candle's native ops, outputs and gradients.
 
 mod common;
-use common::max_abs_diff;
+use common::{assert_matches_native as check, seeded as rand};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::Var;
 use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn check(ours: &Tensor, native: &Tensor, x: &Var, w: &Var, seed: u64, what: &str) {
-    assert!(max_abs_diff(ours, native) < 1e-4, "forward {what}");
-    let r = rand(ours.dims(), seed);
-    let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let (go, gn) = (grads(ours), grads(native));
-    assert!(
-        max_abs_diff(go.get(x).unwrap(), gn.get(x).unwrap()) < 1e-4,
-        "grad x {what}"
-    );
-    assert!(
-        max_abs_diff(go.get(w).unwrap(), gn.get(w).unwrap()) < 1e-3,
-        "grad w {what}"
-    );
-}
 
 #[test]
 fn avx2_kernels_match_native() {
