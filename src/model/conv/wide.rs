@@ -62,31 +62,22 @@ pub(super) unsafe fn matmul(
     if !has_avx512() || m == 0 || n == 0 {
         return false;
     }
-    // strip side: dst's unit-stride side; (strip, panel) operands as (i, q) views
+    // lhs as (row i, step q) and rhs as (column i, step q); the strip side is dst's
+    // unit-stride side, the panel side the other
+    let a = Operand {
+        ptr: lhs.ptr,
+        is: lhs.rs,
+        qs: lhs.cs,
+    };
+    let b = Operand {
+        ptr: rhs.ptr,
+        is: rhs.cs,
+        qs: rhs.rs,
+    };
     let (sn, pn, strip_op, panel_op, dst_ps) = if layout.rs == 1 {
-        let s = Operand {
-            ptr: lhs.ptr,
-            is: lhs.rs,
-            qs: lhs.cs,
-        };
-        let p = Operand {
-            ptr: rhs.ptr,
-            is: rhs.cs,
-            qs: rhs.rs,
-        };
-        (m, n, s, p, layout.cs)
+        (m, n, a, b, layout.cs)
     } else if layout.cs == 1 {
-        let s = Operand {
-            ptr: rhs.ptr,
-            is: rhs.cs,
-            qs: rhs.rs,
-        };
-        let p = Operand {
-            ptr: lhs.ptr,
-            is: lhs.rs,
-            qs: lhs.cs,
-        };
-        (n, m, s, p, layout.rs)
+        (n, m, b, a, layout.rs)
     } else {
         return false;
     };
