@@ -1,13 +1,15 @@
 //! The AVX2 paths of the conv kernels (gemm_f32's 16x6 micro-kernel, gemm's products), which a
 //! CPU with AVX-512F never takes otherwise: `LATENT_ATLAS_NO_AVX512` is set before any kernel
 //! runs (this binary's only test, so nothing runs before it), then the implicit, stride-phase
-//! and im2col routes are compared with candle's native ops, outputs and gradients.
+//! and im2col routes are compared with candle's native ops, outputs and gradients, and the
+//! AVX-512-only channels-last inference stack must decline.
 
 mod common;
-use common::{assert_matches_native as check, seeded as rand};
+use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
 
-use candle_core::Var;
-use latent_atlas::model::conv::{conv2d, conv_transpose2d, ConvGeom};
+use candle_core::{Device, Var};
+use latent_atlas::model::conv::{conv2d, conv_stack_leaky, conv_transpose2d, ConvGeom};
+use latent_atlas::model::vae::ConvEncoder;
 
 #[test]
 fn avx2_kernels_match_native() {
@@ -65,4 +67,19 @@ fn avx2_kernels_match_native() {
             &format!("transposed {c_in} -> {c_out}"),
         );
     }
+    // the channels-last inference stack is AVX-512 only: it declines, and the encoder's
+    // inference path falls back to the NCHW forward
+    let w = rand(&[16, 3, 4, 4], 70);
+    let b = rand(&[16], 71);
+    let x = rand(&[2, 3, 16, 16], 72);
+    assert!(conv_stack_leaky(&x, &[(&w, &b, g)], 0.2).unwrap().is_none());
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+    let enc = ConvEncoder::new(vb, 8).unwrap();
+    let x = rand(&[2, 3, 64, 64], 73);
+    let d = max_abs_diff(
+        &enc.forward(&x).unwrap(),
+        &enc.forward_inference(&x).unwrap(),
+    );
+    assert!(d == 0.0, "fallback inference differs from forward by {d}");
 }

@@ -31,6 +31,8 @@ mod kernels;
 mod micro;
 mod mm;
 #[cfg(target_arch = "x86_64")]
+mod nhwc;
+#[cfg(target_arch = "x86_64")]
 mod phases;
 mod unfold;
 #[cfg(target_arch = "x86_64")]
@@ -411,6 +413,26 @@ pub fn conv2d_bias_leaky(
         );
     }
     crate::model::channel_op::add_bias_leaky(&conv2d(x, w, geom)?, b, slope)
+}
+
+/// Inference through a stack of `leaky_relu(conv2d(h, w) + b, slope)` layers, flattened to
+/// `[B, F]` in NCHW order: the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F,
+/// output channels in multiples of 16), `None` where it does not apply. No gradient flows
+/// through the result.
+pub fn conv_stack_leaky(
+    x: &Tensor,
+    layers: &[(&Tensor, &Tensor, ConvGeom)],
+    slope: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nhwc::stack_forward(x, layers, slope)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, layers, slope);
+        Ok(None)
+    }
 }
 
 /// `leaky_relu(conv_transpose2d(x, w) + b, slope)`: fused like [`conv2d_bias_leaky`].

@@ -34,6 +34,13 @@ impl ConvHead {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.head.forward(&self.body.forward(x)?)
     }
+    /// [`Self::forward`] at inference (through [`ConvEncoder::forward_inference`]), detached.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .head
+            .forward(&self.body.forward_inference(x)?)?
+            .detach())
+    }
 }
 
 /// The discriminator `disc.*`: convs `c0..c3` (4x4, stride 2), batch norms `n1..n3` after
@@ -229,6 +236,10 @@ impl Gan {
     /// Images → codes `[n, d]` (the recoder).
     pub fn recode(&self, x: &Tensor) -> Result<Tensor> {
         self.rec.forward(x)
+    }
+    /// [`Self::recode`] at inference (channels-last where it applies; detached).
+    pub fn recode_inference(&self, x: &Tensor) -> Result<Tensor> {
+        self.rec.forward_inference(x)
     }
     /// Images → real/fake logits `[n, 1]`; errors when built without a discriminator.
     pub fn discriminate(&self, x: &Tensor) -> Result<Tensor> {

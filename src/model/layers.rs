@@ -56,6 +56,10 @@ impl Conv {
             geom: self.geom,
         }
     }
+    /// Weight, bias and geometry, as the channels-last inference stack takes them.
+    pub fn parts(&self) -> (&Tensor, &Tensor, ConvGeom) {
+        (&self.weight, &self.bias, self.geom)
+    }
     /// `leaky(forward(x))`: convolution, bias and activation in one fused op.
     pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
         conv::conv2d_bias_leaky(x, &self.weight, &self.bias, self.geom, LEAKY_SLOPE)

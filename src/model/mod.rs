@@ -333,12 +333,12 @@ impl LatentModel for Model {
             ))
         };
         Ok(match &self.net {
-            Net::Vae(m) => m.encode(&images)?.0,
+            Net::Vae(m) => m.encode_mean(&images)?,
             Net::Svae(m) => m.encode(&images)?.0,
-            Net::Gan(m) if recoder_ok => m.recode(&images)?,
-            Net::Refdcgan(m) if recoder_ok => m.recode(&images)?,
+            Net::Gan(m) if recoder_ok => m.recode_inference(&images)?,
+            Net::Refdcgan(m) if recoder_ok => m.recode_inference(&images)?,
             Net::Flow(m) => m.encode(&images)?,
-            Net::Style(m) if recoder_ok => m.recode(&images)?,
+            Net::Style(m) if recoder_ok => m.recode_inference(&images)?,
             Net::Gan(_) | Net::Refdcgan(_) | Net::Style(_) => return Err(unavailable()),
         })
     }

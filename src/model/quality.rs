@@ -89,12 +89,12 @@ fn fixed_codes(
 /// Encodes with whatever encoder the network has (also a recoder still being trained).
 fn encode_any(model: &Model, x: &Tensor) -> Result<Tensor> {
     Ok(match &model.net {
-        Net::Vae(m) => m.encode(x)?.0,
+        Net::Vae(m) => m.encode_mean(x)?,
         Net::Svae(m) => m.encode(x)?.0,
-        Net::Gan(m) => m.recode(x)?,
-        Net::Refdcgan(m) => m.recode(x)?,
+        Net::Gan(m) => m.recode_inference(x)?,
+        Net::Refdcgan(m) => m.recode_inference(x)?,
         Net::Flow(m) => m.encode(x)?,
-        Net::Style(m) => m.recode(x)?,
+        Net::Style(m) => m.recode_inference(x)?,
     })
 }
 

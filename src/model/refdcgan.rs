@@ -104,4 +104,8 @@ impl RefDcgan {
     pub fn recode(&self, x: &Tensor) -> Result<Tensor> {
         self.rec.forward(x)
     }
+    /// [`Self::recode`] at inference (channels-last where it applies; detached).
+    pub fn recode_inference(&self, x: &Tensor) -> Result<Tensor> {
+        self.rec.forward_inference(x)
+    }
 }

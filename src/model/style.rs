@@ -355,6 +355,10 @@ impl Style {
     pub fn recode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.rec.forward(x)
     }
+    /// [`Self::recode`] at inference (channels-last where it applies; detached).
+    pub fn recode_inference(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.rec.forward_inference(x)
+    }
     /// Images → real/fake logits `[n, 1]`; errors when built without a discriminator.
     pub fn discriminate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.discriminator()?.forward(x)

@@ -39,6 +39,16 @@ impl ConvEncoder {
         }
         h.flatten_from(1)
     }
+    /// [`Self::forward`] at inference: the same values (to rounding) through the
+    /// channels-last stack of `conv/nhwc.rs` where it applies, else through `forward`,
+    /// detached either way (no gradient reaches the weights).
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        let parts: Vec<_> = self.convs.iter().map(Conv::parts).collect();
+        match super::conv::conv_stack_leaky(x, &parts, super::layers::LEAKY_SLOPE)? {
+            Some(h) => Ok(h),
+            None => Ok(self.forward(x)?.detach()),
+        }
+    }
 }
 
 /// Up-sampling stack: `[n, d]` → `[n, 3, 64, 64]` in [0, 1] (sigmoid), or the 64x64 feature
@@ -128,6 +138,11 @@ impl Vae {
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = self.enc.forward(x)?;
         Ok((self.mean.forward(&h)?, self.logvar.forward(&h)?))
+    }
+    /// [`Self::encode`]'s mean at inference (through [`ConvEncoder::forward_inference`]).
+    pub fn encode_mean(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.enc.forward_inference(x)?;
+        Ok(self.mean.forward(&h)?.detach())
     }
     /// `[n, d]` → `[n, 3, 64, 64]` in [0, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,372 @@
+//! Inference-only forward of a stack of `leaky_relu(conv2d(x, w) + b)` layers (the encoders
+//! and recoders), channels-last and with no packing of the activations.
+//!
+//! The training kernels work on NCHW: their micro-kernel wants 16 pixels of one channel side
+//! by side, so every 4x4 stride-2 layer first splits its input into stride-phase planes, then
+//! packs 16-pixel strips out of them. At inference that split and packing cost about 11 % of
+//! an encode. Here each image lives channels-last (`[H + 2p][W + 2p][C]`) inside a zero border
+//! of the layer's padding, so:
+//!
+//! - a tap row of one output pixel (`k` input pixels, `k·C` floats) is one contiguous run, and
+//!   the `k` runs of the `k` tap rows are a fixed stride apart;
+//! - the micro-kernel takes 16·`NZ` output channels (contiguous weights, `NZ` zmm loads) times
+//!   `MP` output pixels (each read with a scalar broadcast straight from the activations);
+//! - its epilogue adds the bias, applies the leaky ReLU and stores the pixels' channels into
+//!   the next layer's input, inside that layer's border.
+//!
+//! Each thread runs a few images through the whole stack, so the activations stay in its L2.
+//! The last layer's output is transposed back to NCHW order and flattened.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::ConvGeom;
+
+/// Output pixels per tile and 16-channel vectors per tile: (8, 2) for layers of 32·j
+/// channels, (8, 1) for the rest (16·j). 16 accumulators either way.
+const MP: usize = 8;
+
+/// One layer: weights packed `[block][kh][kw][ci][16·nz]`, one block per 16·`nz` output
+/// channels.
+#[derive(Debug)]
+struct Layer {
+    c_in: usize,
+    c_out: usize,
+    geom: ConvGeom,
+    nz: usize,
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Layer {
+    fn new(w: &[f32], bias: Vec<f32>, c_out: usize, c_in: usize, geom: ConvGeom) -> Self {
+        let k = geom.kernel;
+        let nz = if c_out.is_multiple_of(32) { 2 } else { 1 };
+        let width = 16 * nz;
+        let steps = k * k * c_in;
+        let mut packed = vec![0f32; c_out * steps];
+        for (b, block) in packed.chunks_exact_mut(steps * width).enumerate() {
+            for kh in 0..k {
+                for kw in 0..k {
+                    for ci in 0..c_in {
+                        let q = (kh * k + kw) * c_in + ci;
+                        for l in 0..width {
+                            let co = b * width + l;
+                            block[q * width + l] = w[((co * c_in + ci) * k + kh) * k + kw];
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            c_in,
+            c_out,
+            geom,
+            nz,
+            packed,
+            bias,
+        }
+    }
+}
+
+/// Sides of every activation in the stack, `sides[l]` the input of layer `l`.
+fn sides(layers: &[Layer], h: usize, w: usize) -> Vec<(usize, usize)> {
+    let mut s = vec![(h, w)];
+    for l in layers {
+        let (h, w) = *s.last().unwrap_or(&(0, 0));
+        s.push((l.geom.conv_out(h), l.geom.conv_out(w)));
+    }
+    s
+}
+
+/// The candle op: `[B, C0, H, W]` → `[B, C·Ho·Wo]` (NCHW flatten order).
+struct Stack {
+    layers: Vec<Layer>,
+    slope: f32,
+}
+
+/// Images per thread job whose largest padded activation stays within about 640 KB (half
+/// of a Zen 4 L2 plus a margin; the weight block being multiplied takes most of the rest).
+fn group(layers: &[Layer], sides: &[(usize, usize)], b: usize, threads: usize) -> usize {
+    let per_image = layers
+        .iter()
+        .zip(sides)
+        .map(|(l, (h, w))| (h + 2 * l.geom.padding) * (w + 2 * l.geom.padding) * l.c_in * 4)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    (640 * 1024 / per_image)
+        .clamp(1, 16)
+        .min(b.div_ceil(threads.max(1)))
+        .max(1)
+}
+
+impl CustomOp1 for Stack {
+    fn name(&self) -> &'static str {
+        "conv-stack-channels-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = super::f32_slice(s, l, "stack input")?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let first = &self.layers[0];
+        if c != first.c_in {
+            candle_core::bail!(
+                "conv stack: input has {c} channels, its first layer takes {}",
+                first.c_in
+            );
+        }
+        let sides = sides(&self.layers, h, w);
+        let last = &self.layers[self.layers.len() - 1];
+        let (ho, wo) = sides[sides.len() - 1];
+        if ho == 0 || wo == 0 {
+            candle_core::bail!("conv stack: a {h}x{w} input leaves no output pixel");
+        }
+        let feat = last.c_out * ho * wo;
+        let mut y = vec![0f32; b * feat];
+        if b > 0 {
+            let nb = group(&self.layers, &sides, b, super::kernels::threads());
+            y.par_chunks_mut(nb * feat).enumerate().for_each_init(
+                || Scratch::new(&self.layers, &sides, nb),
+                |sc, (gi, out)| {
+                    let cnt = out.len() / feat;
+                    let img = c * h * w;
+                    let xs = &x[gi * nb * img..(gi * nb + cnt) * img];
+                    self.run_group(sc, &sides, xs, cnt, out);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, feat))))
+    }
+}
+
+/// A thread's activations: `bufs[l]` holds layer `l`'s input (zero border included) for a
+/// group of images, the last one the stack's output `[n][Ho][Wo][C]`. Only interiors are
+/// written, so the borders stay zero from the allocation on.
+struct Scratch {
+    bufs: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    fn new(layers: &[Layer], sides: &[(usize, usize)], n: usize) -> Self {
+        let mut bufs: Vec<Vec<f32>> = layers
+            .iter()
+            .zip(sides)
+            .map(|(l, (h, w))| {
+                let p = l.geom.padding;
+                vec![0f32; n * (h + 2 * p) * (w + 2 * p) * l.c_in]
+            })
+            .collect();
+        let (ho, wo) = sides[sides.len() - 1];
+        bufs.push(vec![0f32; n * ho * wo * layers[layers.len() - 1].c_out]);
+        Self { bufs }
+    }
+}
+
+impl Stack {
+    /// The stack for `cnt` images `xs` (NCHW) into `out` (`[cnt][C·Ho·Wo]`).
+    fn run_group(
+        &self,
+        sc: &mut Scratch,
+        sides: &[(usize, usize)],
+        xs: &[f32],
+        cnt: usize,
+        out: &mut [f32],
+    ) {
+        let first = &self.layers[0];
+        let (h, w) = sides[0];
+        let p = first.geom.padding;
+        let (hp, wp, c) = (h + 2 * p, w + 2 * p, first.c_in);
+        // NCHW → channels-last inside the border
+        let buf = &mut sc.bufs[0];
+        for i in 0..cnt {
+            for ch in 0..c {
+                let plane = &xs[(i * c + ch) * h * w..][..h * w];
+                for (y, row) in plane.chunks_exact(w).enumerate() {
+                    let base = ((i * hp + y + p) * wp + p) * c + ch;
+                    for (x, v) in row.iter().enumerate() {
+                        buf[base + x * c] = *v;
+                    }
+                }
+            }
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (src, dst) = sc.bufs.split_at_mut(li + 1);
+            let pn = self.layers.get(li + 1).map_or(0, |n| n.geom.padding);
+            self.layer(layer, sides[li], &src[li], &mut dst[0], pn, cnt);
+        }
+        // [n][Ho][Wo][C] → [n][C][Ho][Wo]
+        let last = &self.layers[self.layers.len() - 1];
+        let (ho, wo) = sides[sides.len() - 1];
+        let (co, hw) = (last.c_out, ho * wo);
+        let res = &sc.bufs[sc.bufs.len() - 1];
+        for (i, o) in out.chunks_exact_mut(co * hw).enumerate() {
+            let r = &res[i * hw * co..][..hw * co];
+            for (px, v) in r.chunks_exact(co).enumerate() {
+                for (ch, x) in v.iter().enumerate() {
+                    o[ch * hw + px] = *x;
+                }
+            }
+        }
+    }
+
+    /// One layer on `cnt` images: `src` its padded input, `dst` its output inside a border
+    /// of `pn`.
+    fn layer(
+        &self,
+        layer: &Layer,
+        (h, w): (usize, usize),
+        src: &[f32],
+        dst: &mut [f32],
+        pn: usize,
+        cnt: usize,
+    ) {
+        let g = layer.geom;
+        let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
+        let (ho, wo) = (g.conv_out(h), g.conv_out(w));
+        let (hq, wq) = (ho + 2 * pn, wo + 2 * pn);
+        let (ci, co) = (layer.c_in, layer.c_out);
+        let width = 16 * layer.nz;
+        let steps = g.kernel * g.kernel * ci;
+        let pixels = cnt * ho * wo;
+        debug_assert!(src.len() >= cnt * hp * wp * ci && dst.len() >= cnt * hq * wq * co);
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for (blk, wb) in layer.packed.chunks_exact(steps * width).enumerate() {
+            let bias = &layer.bias[blk * width..][..width];
+            for t0 in (0..pixels).step_by(MP) {
+                let valid = (pixels - t0).min(MP);
+                let mut from = [sp; MP];
+                let mut to = [dp; MP];
+                for j in 0..MP {
+                    // a partial tile repeats its last pixel (computed, not stored)
+                    let t = t0 + j.min(valid - 1);
+                    let (i, r) = (t / (ho * wo), t % (ho * wo));
+                    let (oy, ox) = (r / wo, r % wo);
+                    // SAFETY (offsets): the window's top-left lies inside image i's padded
+                    // input, and the output pixel inside image i's bordered output.
+                    unsafe {
+                        from[j] = sp.add(((i * hp + g.stride * oy) * wp + g.stride * ox) * ci);
+                        to[j] = dp.add(((i * hq + oy + pn) * wq + ox + pn) * co + blk * width);
+                    }
+                }
+                let rows = (g.kernel, g.kernel * ci, wp * ci);
+                // SAFETY: AVX-512F checked by `stack_forward`; every tap of every window lies
+                // inside `src` (the border covers the padding), the weight block holds
+                // `steps` vectors, and each destination holds `width` floats.
+                unsafe {
+                    if layer.nz == 2 {
+                        tile::<2>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                    } else {
+                        tile::<1>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `MP` output pixels x 16·`NZ` output channels: `Σ_kh Σ_q w[kh·seg + q] · from[j][kh·row + q]`,
+/// then `+ bias`, leaky ReLU, stored at `to[j]` for `j < valid`.
+///
+/// # Safety
+/// AVX-512F; `from[j] + kh·row + q` readable for `kh < k`, `q < seg`; `w` holds
+/// `k·seg·16·NZ` floats, `bias` `16·NZ`, each `to[j]` (`j < valid`) `16·NZ`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const NZ: usize>(
+    from: &[*const f32; MP],
+    (k, seg, row): (usize, usize, usize),
+    w: *const f32,
+    bias: &[f32],
+    slope: f32,
+    to: &[*mut f32; MP],
+    valid: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NZ]; MP];
+    let mut wp = w;
+    for kh in 0..k {
+        let mut p = [std::ptr::null::<f32>(); MP];
+        for j in 0..MP {
+            p[j] = from[j].add(kh * row);
+        }
+        for q in 0..seg {
+            let mut wv = [_mm512_setzero_ps(); NZ];
+            for (z, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(wp.add(16 * z));
+            }
+            for j in 0..MP {
+                let a = _mm512_set1_ps(*p[j].add(q));
+                for z in 0..NZ {
+                    acc[j][z] = _mm512_fmadd_ps(wv[z], a, acc[j][z]);
+                }
+            }
+            wp = wp.add(16 * NZ);
+        }
+    }
+    let s = _mm512_set1_ps(slope);
+    let zero = _mm512_setzero_ps();
+    let mut bv = [zero; NZ];
+    for (z, v) in bv.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(bias.as_ptr().add(16 * z));
+    }
+    for j in 0..valid.min(MP) {
+        for z in 0..NZ {
+            let v = _mm512_add_ps(acc[j][z], bv[z]);
+            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
+            _mm512_storeu_ps(to[j].add(16 * z), _mm512_mask_mul_ps(v, neg, v, s));
+        }
+    }
+}
+
+/// `x` through `layers` (each `leaky_relu(conv2d(h, w) + b, slope)`), flattened to `[B, F]`
+/// in NCHW order, or `None` where this path does not apply: not the CPU, not f32, no
+/// AVX-512F (or `LATENT_ATLAS_NO_AVX512` set), output channels not a multiple of 16,
+/// non-square kernels, or shapes that do not chain. No gradient flows through the result.
+pub fn stack_forward(
+    x: &Tensor,
+    layers: &[(&Tensor, &Tensor, ConvGeom)],
+    slope: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    use candle_core::DType::F32;
+    if !x.device().is_cpu() || x.dtype() != F32 || x.rank() != 4 || layers.is_empty() {
+        return Ok(None);
+    }
+    if !super::micro::has_avx512() || !slope.is_finite() {
+        return Ok(None);
+    }
+    let mut c = x.dims()[1];
+    let mut packed = Vec::with_capacity(layers.len());
+    for (w, b, g) in layers {
+        let Ok((co, ci, kh, kw)) = w.dims4() else {
+            return Ok(None);
+        };
+        let ok = w.dtype() == F32
+            && b.dtype() == F32
+            && b.dims() == [co]
+            && ci == c
+            && kh == g.kernel
+            && kw == g.kernel
+            && g.stride > 0
+            && co > 0
+            && co.is_multiple_of(16);
+        if !ok {
+            return Ok(None);
+        }
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        packed.push(Layer::new(&wv, b.to_vec1()?, co, ci, *g));
+        c = co;
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let s = sides(&packed, h, w);
+    let fits = packed.iter().zip(&s).all(|(l, (h, w))| {
+        h + 2 * l.geom.padding >= l.geom.kernel && w + 2 * l.geom.padding >= l.geom.kernel
+    });
+    if !fits {
+        return Ok(None);
+    }
+    let op = Stack {
+        layers: packed,
+        slope,
+    };
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+}
