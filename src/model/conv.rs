@@ -435,6 +435,28 @@ pub fn conv_stack_leaky(
     }
 }
 
+/// Inference through transposed 4x4 stride-2 layers (padding 1), each
+/// `leaky_relu(conv_transpose2d(h, w) · scale + shift, slope)` per output channel (a batch
+/// norm at inference folds into `scale` and `shift`; no `scale`: 1): `[B, C, h, w]` →
+/// `[B, C', 2^L h, 2^L w]` by the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F,
+/// output channels in multiples of 16), `None` where it does not apply. No gradient flows
+/// through the result.
+pub fn deconv_stack_leaky(
+    x: &Tensor,
+    layers: &[(&Tensor, Option<&Tensor>, &Tensor)],
+    slope: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nhwc::deconv_stack(x, layers, slope)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, layers, slope);
+        Ok(None)
+    }
+}
+
 /// `leaky_relu(conv_transpose2d(x, w) + b, slope)`: fused like [`conv2d_bias_leaky`].
 pub fn conv_transpose2d_bias_leaky(
     x: &Tensor,

@@ -12,6 +12,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::conv::ConvGeom;
 use super::layers::{linear, BatchNorm, Conv, ConvT};
 use super::vae::{decoder_widths, upsampling_stack, ConvEncoder};
 
@@ -89,6 +90,13 @@ impl Discriminator {
     }
 }
 
+/// The transposed convolutions' geometry.
+const TRANSPOSED_4X4: ConvGeom = ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
+
 /// The generator `gen.*`: `fc`, batch norm `n0`, transposed convs `t0..t3` each followed by
 /// batch norm `n1..n4`, leaky ReLU, and the output conv `out` with a sigmoid.
 #[derive(Clone, Debug)]
@@ -162,6 +170,35 @@ impl Generator {
         Ok(self.run(z, NormMode::Running)?.0)
     }
 
+    /// [`Self::forward`] without autograd: the transposed convs with their batch norms folded
+    /// in run channels-last (`conv/nhwc.rs`) where that applies, else `forward`; detached.
+    pub fn forward_inference(&self, z: &Tensor) -> Result<Tensor> {
+        let n = z.dim(0)?;
+        let h = self.norms[0].forward_eval_leaky(&self.dense.forward(z)?.reshape((
+            n,
+            8 * self.c,
+            4,
+            4,
+        ))?)?;
+        let mut affine = Vec::with_capacity(self.ups.len());
+        for (up, norm) in self.ups.iter().zip(&self.norms[1..]) {
+            let (w, bias, g) = up.parts();
+            if bias.is_some() || g != TRANSPOSED_4X4 {
+                return Ok(self.forward(z)?.detach());
+            }
+            let (scale, shift) = norm.eval_affine()?;
+            affine.push((w.clone(), scale, shift));
+        }
+        let layers: Vec<_> = affine.iter().map(|(w, s, t)| (w, Some(s), t)).collect();
+        match super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)? {
+            Some(h) => {
+                let y = super::activation::sigmoid(&self.out.forward(&h)?)?;
+                Ok(y.detach())
+            }
+            None => Ok(self.forward(z)?.detach()),
+        }
+    }
+
     /// Training: normalised with the batch statistics (fused batch norm).
     pub fn forward_train(&self, z: &Tensor) -> Result<Tensor> {
         Ok(self.run(z, NormMode::Batch)?.0)
@@ -232,6 +269,10 @@ impl Gan {
     /// `[n, d]` → `[n, 3, 64, 64]` in [0, 1] (inference: running statistics).
     pub fn generate(&self, z: &Tensor) -> Result<Tensor> {
         self.gen.forward(z)
+    }
+    /// [`Self::generate`] without autograd (channels-last where it applies; detached).
+    pub fn generate_inference(&self, z: &Tensor) -> Result<Tensor> {
+        self.gen.forward_inference(z)
     }
     /// Images → codes `[n, d]` (the recoder).
     pub fn recode(&self, x: &Tensor) -> Result<Tensor> {

@@ -75,6 +75,10 @@ pub struct ConvT {
 }
 
 impl ConvT {
+    /// Weight (`[Ci, Co, k, k]`), bias and geometry, as the inference stacks take them.
+    pub fn parts(&self) -> (&Tensor, Option<&Tensor>, ConvGeom) {
+        (&self.weight, self.bias.as_ref(), self.geom)
+    }
     /// Creates `name.weight` (and `name.bias` when `bias`) in `vb`.
     pub fn new(
         vb: VarBuilder,
@@ -206,7 +210,7 @@ impl BatchNorm {
         channel_op::channel_affine_leaky(x, &scale, &shift, LEAKY_SLOPE)
     }
     /// The per-channel scale and shift that apply the running statistics.
-    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
         let scale = ((&self.running_var + BN_EPS)?.sqrt()?.recip()? * &self.weight)?;
         let shift = (&self.bias - (&self.running_mean * &scale)?)?;
         Ok((scale, shift))

@@ -33,6 +33,9 @@ struct Layer {
     c_in: usize,
     c_out: usize,
     geom: ConvGeom,
+    /// A 4x4 stride-2 transposed convolution (padding 1): `packed` holds one 2x2 stride-1
+    /// convolution per output phase, `[phase][block][a][b][ci][16·nz]`.
+    transposed: bool,
     nz: usize,
     packed: Vec<f32>,
     bias: Vec<f32>,
@@ -62,19 +65,82 @@ impl Layer {
             c_in,
             c_out,
             geom,
+            transposed: false,
             nz,
             packed,
             bias,
         }
     }
+
+    /// A transposed 4x4 stride-2 layer (padding 1), weight `[ci][co][4][4]` with each output
+    /// channel's weights times `scale[co]` (a folded batch norm) and `shift` as its bias.
+    ///
+    /// Output pixel `(2i + py, 2j + px)` sums input rows `i - 1 + py + a` (a = 0, 1) with
+    /// kernel row `3 - py - 2a`, and columns likewise: inside the input's zero border of 1
+    /// that is a 2x2 window whose top-left is padded pixel `(i + py, j + px)`.
+    fn new_transposed(
+        w: &[f32],
+        scale: Option<&[f32]>,
+        shift: Vec<f32>,
+        c_in: usize,
+        c_out: usize,
+    ) -> Self {
+        let nz = if c_out.is_multiple_of(32) { 2 } else { 1 };
+        let width = 16 * nz;
+        let steps = 4 * c_in;
+        let mut packed = vec![0f32; 4 * c_out * steps];
+        for (phase, ph) in packed.chunks_exact_mut(c_out * steps).enumerate() {
+            let (py, px) = (phase / 2, phase % 2);
+            for (b, block) in ph.chunks_exact_mut(steps * width).enumerate() {
+                for a in 0..2 {
+                    for bb in 0..2 {
+                        let (kh, kw) = (3 - py - 2 * a, 3 - px - 2 * bb);
+                        for ci in 0..c_in {
+                            let q = (a * 2 + bb) * c_in + ci;
+                            for l in 0..width {
+                                let co = b * width + l;
+                                let s = scale.map_or(1.0, |s| s[co]);
+                                block[q * width + l] = w[((ci * c_out + co) * 4 + kh) * 4 + kw] * s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            c_in,
+            c_out,
+            geom: TRANSPOSED,
+            transposed: true,
+            nz,
+            packed,
+            bias: shift,
+        }
+    }
+
+    /// Output sides for input sides `(h, w)`.
+    fn out_sides(&self, (h, w): (usize, usize)) -> (usize, usize) {
+        if self.transposed {
+            (self.geom.transposed_out(h), self.geom.transposed_out(w))
+        } else {
+            (self.geom.conv_out(h), self.geom.conv_out(w))
+        }
+    }
 }
+
+/// The one transposed geometry of the stack (the decoders' and generators').
+const TRANSPOSED: ConvGeom = ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
 
 /// Sides of every activation in the stack, `sides[l]` the input of layer `l`.
 fn sides(layers: &[Layer], h: usize, w: usize) -> Vec<(usize, usize)> {
     let mut s = vec![(h, w)];
     for l in layers {
-        let (h, w) = *s.last().unwrap_or(&(0, 0));
-        s.push((l.geom.conv_out(h), l.geom.conv_out(w)));
+        let hw = *s.last().unwrap_or(&(0, 0));
+        s.push(l.out_sides(hw));
     }
     s
 }
@@ -201,12 +267,8 @@ impl Stack {
         let (co, hw) = (last.c_out, ho * wo);
         let res = &sc.bufs[sc.bufs.len() - 1];
         for (i, o) in out.chunks_exact_mut(co * hw).enumerate() {
-            let r = &res[i * hw * co..][..hw * co];
-            for (px, v) in r.chunks_exact(co).enumerate() {
-                for (ch, x) in v.iter().enumerate() {
-                    o[ch * hw + px] = *x;
-                }
-            }
+            // SAFETY: AVX-512F checked by `run`'s callers.
+            unsafe { to_planes(&res[i * hw * co..][..hw * co], o, hw, co) };
         }
     }
 
@@ -223,44 +285,119 @@ impl Stack {
     ) {
         let g = layer.geom;
         let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
-        let (ho, wo) = (g.conv_out(h), g.conv_out(w));
+        let (ho, wo) = layer.out_sides((h, w));
         let (hq, wq) = (ho + 2 * pn, wo + 2 * pn);
         let (ci, co) = (layer.c_in, layer.c_out);
         let width = 16 * layer.nz;
-        let steps = g.kernel * g.kernel * ci;
-        let pixels = cnt * ho * wo;
         debug_assert!(src.len() >= cnt * hp * wp * ci && dst.len() >= cnt * hq * wq * co);
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
-        for (blk, wb) in layer.packed.chunks_exact(steps * width).enumerate() {
-            let bias = &layer.bias[blk * width..][..width];
-            for t0 in (0..pixels).step_by(MP) {
-                let valid = (pixels - t0).min(MP);
-                let mut from = [sp; MP];
-                let mut to = [dp; MP];
-                for j in 0..MP {
-                    // a partial tile repeats its last pixel (computed, not stored)
-                    let t = t0 + j.min(valid - 1);
-                    let (i, r) = (t / (ho * wo), t % (ho * wo));
-                    let (oy, ox) = (r / wo, r % wo);
-                    // SAFETY (offsets): the window's top-left lies inside image i's padded
-                    // input, and the output pixel inside image i's bordered output.
-                    unsafe {
-                        from[j] = sp.add(((i * hp + g.stride * oy) * wp + g.stride * ox) * ci);
-                        to[j] = dp.add(((i * hq + oy + pn) * wq + ox + pn) * co + blk * width);
+        // (phase, kernel rows of the window, its grid): a convolution is one phase over the
+        // output grid; a transposed one four 2x2 phases, each over the input grid
+        let (phases, k, (gh, gw)) = if layer.transposed {
+            (4, 2, (h, w))
+        } else {
+            (1, g.kernel, (ho, wo))
+        };
+        let steps = k * k * ci;
+        let pixels = cnt * gh * gw;
+        for (phase, wph) in layer
+            .packed
+            .chunks_exact(co * steps)
+            .enumerate()
+            .take(phases)
+        {
+            let (py, px) = (phase / 2, phase % 2);
+            for (blk, wb) in wph.chunks_exact(steps * width).enumerate() {
+                let bias = &layer.bias[blk * width..][..width];
+                // grid position of the tile's first pixel, advanced without divisions
+                let (mut ci0, mut cy, mut cx) = (0usize, 0usize, 0usize);
+                for t0 in (0..pixels).step_by(MP) {
+                    let valid = (pixels - t0).min(MP);
+                    let mut from = [sp; MP];
+                    let mut to = [dp; MP];
+                    for j in 0..MP {
+                        let (i, y, x) = (ci0, cy, cx);
+                        // a partial tile repeats its last pixel (computed, not stored)
+                        if j + 1 < valid {
+                            cx += 1;
+                            if cx == gw {
+                                cx = 0;
+                                cy += 1;
+                                if cy == gh {
+                                    cy = 0;
+                                    ci0 += 1;
+                                }
+                            }
+                        }
+                        let (top, left, oy, ox) = if layer.transposed {
+                            (y + py, x + px, 2 * y + py, 2 * x + px)
+                        } else {
+                            (g.stride * y, g.stride * x, y, x)
+                        };
+                        // SAFETY (offsets): the window's top-left lies inside image i's padded
+                        // input, and the output pixel inside image i's bordered output.
+                        unsafe {
+                            from[j] = sp.add(((i * hp + top) * wp + left) * ci);
+                            to[j] = dp.add(((i * hq + oy + pn) * wq + ox + pn) * co + blk * width);
+                        }
                     }
-                }
-                let rows = (g.kernel, g.kernel * ci, wp * ci);
-                // SAFETY: AVX-512F checked by `stack_forward`; every tap of every window lies
-                // inside `src` (the border covers the padding), the weight block holds
-                // `steps` vectors, and each destination holds `width` floats.
-                unsafe {
-                    if layer.nz == 2 {
-                        tile::<2>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
-                    } else {
-                        tile::<1>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                    // step past the tile's last pixel
+                    cx += 1;
+                    if cx == gw {
+                        cx = 0;
+                        cy += 1;
+                        if cy == gh {
+                            cy = 0;
+                            ci0 += 1;
+                        }
+                    }
+                    let rows = (k, k * ci, wp * ci);
+                    // SAFETY: AVX-512F checked by `run`; every tap of every window lies inside
+                    // `src` (the border covers the padding), the weight block holds `steps`
+                    // vectors, and each destination holds `width` floats.
+                    unsafe {
+                        if layer.nz == 2 {
+                            tile::<2>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                        } else {
+                            tile::<1>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                        }
                     }
                 }
             }
+        }
+    }
+}
+
+/// One image's `[hw][co]` pixels as `[co][hw]` planes (`co` a multiple of 16): 16 x 16
+/// blocks through register transposes, so every store runs along a plane (a pixel-major
+/// scatter strides a whole plane per store), and a scalar loop for the last `hw % 16`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn to_planes(r: &[f32], o: &mut [f32], hw: usize, co: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(co.is_multiple_of(16) && r.len() == hw * co && o.len() == hw * co);
+    let full = hw - hw % 16;
+    for p0 in (0..full).step_by(16) {
+        for c0 in (0..co).step_by(16) {
+            // SAFETY: rows p0..p0+16 of r and planes c0..c0+16 of o hold 16 floats from the
+            // offsets read and written.
+            unsafe {
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (q, v) in rows.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(r.as_ptr().add((p0 + q) * co + c0));
+                }
+                let t = super::wide::transpose16(rows);
+                for (q, v) in t.iter().enumerate() {
+                    _mm512_storeu_ps(o.as_mut_ptr().add((c0 + q) * hw + p0), *v);
+                }
+            }
+        }
+    }
+    for px in full..hw {
+        for ch in 0..co {
+            o[ch * hw + px] = r[px * co + ch];
         }
     }
 }
@@ -356,10 +493,16 @@ pub fn stack_forward(
         packed.push(Layer::new(&wv, b.to_vec1()?, co, ci, *g));
         c = co;
     }
+    run(x, packed, slope)
+}
+
+/// `x` through the packed layers, or `None` where the sides do not chain.
+fn run(x: &Tensor, packed: Vec<Layer>, slope: f32) -> candle_core::Result<Option<Tensor>> {
     let (_, _, h, w) = x.dims4()?;
     let s = sides(&packed, h, w);
     let fits = packed.iter().zip(&s).all(|(l, (h, w))| {
-        h + 2 * l.geom.padding >= l.geom.kernel && w + 2 * l.geom.padding >= l.geom.kernel
+        let p = 2 * l.geom.padding;
+        *h > 0 && *w > 0 && (l.transposed || (h + p >= l.geom.kernel && w + p >= l.geom.kernel))
     });
     if !fits {
         return Ok(None);
@@ -369,4 +512,58 @@ pub fn stack_forward(
         slope,
     };
     Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+/// `x` `[B, C, h, w]` through transposed 4x4 stride-2 layers (padding 1), each
+/// `leaky_relu(conv_transpose2d(h, w) · scale + shift, slope)` per output channel (`scale`
+/// absent: 1; a batch norm at inference folds into `scale` and `shift`), as
+/// `[B, C', 2^L h, 2^L w]`; `None` where the path does not apply (as [`stack_forward`]).
+/// Weights are `[Ci, Co, 4, 4]` (PyTorch's layout). No gradient flows through the result.
+pub fn deconv_stack(
+    x: &Tensor,
+    layers: &[(&Tensor, Option<&Tensor>, &Tensor)],
+    slope: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    use candle_core::DType::F32;
+    if !x.device().is_cpu() || x.dtype() != F32 || x.rank() != 4 || layers.is_empty() {
+        return Ok(None);
+    }
+    if !super::micro::has_avx512() || !slope.is_finite() {
+        return Ok(None);
+    }
+    let mut c = x.dims()[1];
+    let mut packed = Vec::with_capacity(layers.len());
+    for (w, scale, shift) in layers {
+        let Ok((ci, co, kh, kw)) = w.dims4() else {
+            return Ok(None);
+        };
+        let ok = w.dtype() == F32
+            && shift.dtype() == F32
+            && shift.dims() == [co]
+            && scale.is_none_or(|s| s.dtype() == F32 && s.dims() == [co])
+            && ci == c
+            && kh == 4
+            && kw == 4
+            && co > 0
+            && co.is_multiple_of(16);
+        if !ok {
+            return Ok(None);
+        }
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let sv: Option<Vec<f32>> = scale.map(|s| s.to_vec1()).transpose()?;
+        packed.push(Layer::new_transposed(
+            &wv,
+            sv.as_deref(),
+            shift.to_vec1()?,
+            ci,
+            co,
+        ));
+        c = co;
+    }
+    let (b, _, h, w) = x.dims4()?;
+    let Some(y) = run(x, packed, slope)? else {
+        return Ok(None);
+    };
+    let (ho, wo) = (h << layers.len(), w << layers.len());
+    Ok(Some(y.reshape((b, c, ho, wo))?))
 }

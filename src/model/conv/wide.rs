@@ -190,7 +190,7 @@ unsafe fn pack16(op: Operand, (i0, q0): (usize, usize), cnt: usize, kc: usize, o
 
 /// The transpose of a 16 x 16 block held as 16 row vectors.
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // interleave pairs of rows (32-bit), then pairs of pairs (64-bit), then 128-bit lanes
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {

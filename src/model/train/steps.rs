@@ -97,7 +97,7 @@ impl Run<'_> {
             self.model.device(),
         )?;
         let (zr, target) = match &self.model.net {
-            Net::Gan(m) => (m.recode(&m.generate(&z)?.detach())?, z),
+            Net::Gan(m) => (m.recode(&m.generate_inference(&z)?)?, z),
             Net::Refdcgan(m) => (m.recode(&m.generate(&z)?.detach())?, z),
             Net::Style(m) => {
                 let view = crate::model::style::StyleView::of(self.model.config.family)
