@@ -319,15 +319,7 @@ impl Stack {
                         let (i, y, x) = (ci0, cy, cx);
                         // a partial tile repeats its last pixel (computed, not stored)
                         if j + 1 < valid {
-                            cx += 1;
-                            if cx == gw {
-                                cx = 0;
-                                cy += 1;
-                                if cy == gh {
-                                    cy = 0;
-                                    ci0 += 1;
-                                }
-                            }
+                            step((gh, gw), (&mut ci0, &mut cy, &mut cx));
                         }
                         let (top, left, oy, ox) = if layer.transposed {
                             (y + py, x + px, 2 * y + py, 2 * x + px)
@@ -342,15 +334,7 @@ impl Stack {
                         }
                     }
                     // step past the tile's last pixel
-                    cx += 1;
-                    if cx == gw {
-                        cx = 0;
-                        cy += 1;
-                        if cy == gh {
-                            cy = 0;
-                            ci0 += 1;
-                        }
-                    }
+                    step((gh, gw), (&mut ci0, &mut cy, &mut cx));
                     let rows = (k, k * ci, wp * ci);
                     // SAFETY: AVX-512F checked by `run`; every tap of every window lies inside
                     // `src` (the border covers the padding), the weight block holds `steps`
@@ -364,6 +348,20 @@ impl Stack {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The next pixel of a `gh x gw` grid, row-major, image after image.
+#[inline(always)]
+fn step((gh, gw): (usize, usize), (i, y, x): (&mut usize, &mut usize, &mut usize)) {
+    *x += 1;
+    if *x == gw {
+        *x = 0;
+        *y += 1;
+        if *y == gh {
+            *y = 0;
+            *i += 1;
         }
     }
 }
@@ -465,10 +463,7 @@ pub fn stack_forward(
     slope: f32,
 ) -> candle_core::Result<Option<Tensor>> {
     use candle_core::DType::F32;
-    if !x.device().is_cpu() || x.dtype() != F32 || x.rank() != 4 || layers.is_empty() {
-        return Ok(None);
-    }
-    if !super::micro::has_avx512() || !slope.is_finite() {
+    if !eligible(x, layers.len(), slope) {
         return Ok(None);
     }
     let mut c = x.dims()[1];
@@ -494,6 +489,17 @@ pub fn stack_forward(
         c = co;
     }
     run(x, packed, slope)
+}
+
+/// Whether a stack of `n` layers can run on `x` at all: a rank-4 f32 CPU tensor, a CPU with
+/// AVX-512F, a finite slope.
+fn eligible(x: &Tensor, n: usize, slope: f32) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && x.rank() == 4
+        && n > 0
+        && super::micro::has_avx512()
+        && slope.is_finite()
 }
 
 /// `x` through the packed layers, or `None` where the sides do not chain.
@@ -525,10 +531,7 @@ pub fn deconv_stack(
     slope: f32,
 ) -> candle_core::Result<Option<Tensor>> {
     use candle_core::DType::F32;
-    if !x.device().is_cpu() || x.dtype() != F32 || x.rank() != 4 || layers.is_empty() {
-        return Ok(None);
-    }
-    if !super::micro::has_avx512() || !slope.is_finite() {
+    if !eligible(x, layers.len(), slope) {
         return Ok(None);
     }
     let mut c = x.dims()[1];
