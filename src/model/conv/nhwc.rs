@@ -15,7 +15,11 @@
 //!   the next layer's input, inside that layer's border.
 //!
 //! Each thread runs a few images through the whole stack, so the activations stay in its L2.
-//! The last layer's output is transposed back to NCHW order and flattened.
+//! The last layer's output is transposed back to NCHW order (flattened for `stack_forward`).
+//!
+//! `deconv_stack` runs transposed 4x4 stride-2 layers (the GAN generator's, batch norm folded
+//! into weights and bias) on the same tile: each is four 2x2 stride-1 convolutions, one per
+//! output phase, whose windows lie inside the input's border of 1.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
