@@ -82,6 +82,123 @@ fn fused_batch_norm_matches_the_reference_outputs_and_gradients() {
 }
 
 #[test]
+fn fused_batch_norm_leaky_matches_the_reference_outputs_and_gradients() {
+    use latent_atlas::model::batchnorm_op::batch_norm_leaky;
+    use latent_atlas::model::channel_op::reference_channel_affine;
+    let leaky = |v: Tensor| v.maximum(&(&v * 0.2).unwrap()).unwrap();
+    // several threads with whole rows per task, channels of more than 8192 values (lanes
+    // flushed to f64 part-way), pixel rows that are not a multiple of 8 (the lane remainder),
+    // fewer channels than lanes, and the generator's widest layer shape at a smaller batch
+    for &(b, c, h, w) in &[
+        (4usize, 3usize, 5usize, 7usize),
+        (16, 8, 4, 4),
+        (3, 2, 64, 64),
+        (128, 64, 4, 4),
+        (4, 16, 64, 64),
+    ] {
+        let n = b * c * h * w;
+        let x = Var::from_vec(
+            pseudo_random(n, 17 + n as u64, 3.0, 0.7),
+            (b, c, h, w),
+            &Device::Cpu,
+        )
+        .unwrap();
+        // γ of both signs and β that put a fair share of the outputs on each side of zero
+        let gamma = Var::from_vec(pseudo_random(c, 5, 3.0, 0.4), c, &Device::Cpu).unwrap();
+        let beta = Var::from_vec(pseudo_random(c, 6, 1.0, 0.1), c, &Device::Cpu).unwrap();
+        let r =
+            Tensor::from_vec(pseudo_random(n, 97, 2.0, 0.3), (b, c, h, w), &Device::Cpu).unwrap();
+        let (xt, gt, bt) = (x.as_tensor(), gamma.as_tensor(), beta.as_tensor());
+        let fast = batch_norm_leaky(xt, gt, bt, 1e-5, 0.2).unwrap();
+        let slow = leaky(
+            reference_channel_affine(&reference_batch_normalize(xt, 1e-5).unwrap(), gt, bt)
+                .unwrap(),
+        );
+        let diff = max_abs_diff(&fast, &slow);
+        assert!(diff < 1e-4, "{b}x{c}x{h}x{w}: output differs by {diff}");
+        let negative = slow
+            .lt(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (0.2..0.8).contains(&negative),
+            "{b}x{c}x{h}x{w}: {negative} of the outputs negative: the leaky branch is barely tested"
+        );
+
+        let g_fast = (fast * &r)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_slow = (slow * &r)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (what, v) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+            let (gf, gs) = (
+                g_fast.get(v.as_tensor()).unwrap(),
+                g_slow.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(gf.dims(), v.as_tensor().dims(), "d{what} shape");
+            let scale = gs.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            assert!(scale > 1e-3, "reference d{what} is degenerate");
+            let d = max_abs_diff(gf, gs);
+            assert!(
+                d < 2e-4 * scale.max(1.0),
+                "{b}x{c}x{h}x{w}: d{what} differs by {d} (scale {scale})"
+            );
+        }
+
+        // detached γ and β (the frozen discriminator): the input gradient alone, the same
+        let fast = batch_norm_leaky(xt, &gt.detach(), &bt.detach(), 1e-5, 0.2).unwrap();
+        let g = (fast * &r)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(gt).is_none() && g.get(bt).is_none());
+        let d = max_abs_diff(g.get(xt).unwrap(), g_slow.get(xt).unwrap());
+        assert!(d < 1e-3, "{b}x{c}x{h}x{w}: frozen dx differs by {d}");
+    }
+    // a slope the fused op cannot take goes through the unfused composition
+    let x = Tensor::from_vec(pseudo_random(32, 3, 2.0, 0.0), (2, 2, 2, 4), &Device::Cpu).unwrap();
+    let ones = Tensor::ones(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let zeros = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = batch_norm_leaky(&x, &ones, &zeros, 1e-5, 0.0).unwrap();
+    let want = reference_batch_normalize(&x, 1e-5).unwrap().relu().unwrap();
+    assert!(max_abs_diff(&y, &want) < 1e-5);
+    let e = batch_norm_leaky(
+        &x,
+        &Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        &zeros,
+        1e-5,
+        0.2,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("batch_norm_leaky") && e.contains("2 channels"),
+        "{e}"
+    );
+}
+
+#[test]
 fn fused_batch_norm_rejects_non_4d_input() {
     let x = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = batch_normalize(&x, 1e-5).unwrap_err().to_string();

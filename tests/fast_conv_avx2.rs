@@ -2,7 +2,8 @@
 //! CPU with AVX-512F never takes otherwise: `LATENT_ATLAS_NO_AVX512` is set before any kernel
 //! runs (this binary's only test, so nothing runs before it), then the implicit, stride-phase
 //! and im2col routes are compared with candle's native ops, outputs and gradients, and the
-//! AVX-512-only channels-last inference stack must decline.
+//! AVX-512-only channels-last inference stack must decline, the encoder and the generator
+//! falling back to their NCHW inference paths.
 
 mod common;
 use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
@@ -82,4 +83,52 @@ fn avx2_kernels_match_native() {
         &enc.forward_inference(&x).unwrap(),
     );
     assert!(d == 0.0, "fallback inference differs from forward by {d}");
+
+    // the generator's inference without the channels-last stack: its batch norms folded into
+    // the NCHW transposed convs (scale into the weights, shift as the fused bias), against
+    // `generate`, with running statistics away from their initial 0 and 1
+    use latent_atlas::model::{Family, Model, ModelConfig, Net};
+    let model = Model::new(
+        ModelConfig::new("g", Family::Gan, 16),
+        &Device::Cpu,
+        5,
+        false,
+    )
+    .unwrap();
+    for (name, var) in model.varmap.data().lock().unwrap().iter() {
+        let t = var.as_tensor();
+        let seed = name.len() as u64 * 13 + t.elem_count() as u64;
+        let value = if name.contains("running_var") {
+            // small variances scale the (small) initial activations up, as in a trained model
+            rand(t.dims(), seed).affine(0.02, 0.02)
+        } else if name.contains("running_mean") {
+            rand(t.dims(), seed) * 0.02
+        } else if name.contains(".n") && name.ends_with(".weight") {
+            // batch-norm scales of both signs and away from 1
+            rand(t.dims(), seed).affine(2.0, 0.3)
+        } else {
+            continue;
+        };
+        var.set(&value.unwrap()).unwrap();
+    }
+    let Net::Gan(gan) = &model.net else {
+        panic!("a GAN model holds a GAN network")
+    };
+    let z = rand(&[5, 16], 77);
+    let (a, b) = (
+        gan.generate(&z).unwrap(),
+        gan.generate_inference(&z).unwrap(),
+    );
+    let d = max_abs_diff(&a, &b);
+    assert!(
+        d < 1e-4,
+        "generator: NCHW inference differs from generate by {d}"
+    );
+    let spread = (a.max_all().unwrap().to_scalar::<f32>().unwrap()
+        - a.min_all().unwrap().to_scalar::<f32>().unwrap())
+    .abs();
+    assert!(
+        spread > 0.05,
+        "degenerate generator output (spread {spread})"
+    );
 }

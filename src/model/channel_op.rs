@@ -22,7 +22,12 @@ pub(crate) fn bchw(op: &str, l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn channel_vector<'a>(op: &str, s: &'a CpuStorage, l: &Layout, c: usize) -> Result<&'a [f32]> {
+pub(crate) fn channel_vector<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+    c: usize,
+) -> Result<&'a [f32]> {
     let v = contiguous_f32(op, s, l)?;
     if v.len() != c {
         candle_core::bail!("{op}: per-channel vector {:?} for {c} channels", l.shape())
@@ -164,17 +169,22 @@ pub(crate) fn map_rows<F>(len: usize, hw: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
 {
+    // SAFETY: `fill_rows` covers the output in whole rows and `f` writes each row in full.
+    unsafe { super::activation::filled_vec(len, |y| fill_rows(y, hw, f)) }
+}
+
+/// Row `k` (of `hw` values) of `out` written by `f(k, row)`, in parallel like [`map_rows`].
+pub(crate) fn fill_rows<F>(out: &mut [std::mem::MaybeUninit<f32>], hw: usize, f: F)
+where
+    F: Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+{
     let hw = hw.max(1);
     let rows_per_task = 4096usize.div_ceil(hw);
-    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        super::activation::map_chunks(y, rows_per_task * hw, |t, y| {
-            for (j, row) in y.chunks_mut(hw).enumerate() {
-                f(t * rows_per_task + j, row);
-            }
-        })
-    };
-    // SAFETY: the tasks cover the output in whole rows and `f` writes each row in full.
-    unsafe { super::activation::filled_vec(len, fill) }
+    super::activation::map_chunks(out, rows_per_task * hw, |t, y| {
+        for (j, row) in y.chunks_mut(hw).enumerate() {
+            f(t * rows_per_task + j, row);
+        }
+    })
 }
 
 /// `x + bias_c`, then a leaky ReLU with the given slope (fused: one pass, one autograd node).

@@ -84,7 +84,8 @@ impl Discriminator {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.convs[0].forward_leaky(x)?;
         for (conv, norm) in self.convs[1..].iter().zip(&self.norms) {
-            h = norm.forward_train_leaky(&conv.forward(&h)?)?;
+            // batch statistics cancel the conv's bias: not added
+            h = norm.forward_train_leaky(&conv.forward_before_batch_norm(&h)?)?;
         }
         self.head.forward(&h.flatten_from(1)?)
     }
@@ -171,7 +172,7 @@ impl Generator {
     }
 
     /// [`Self::forward`] without autograd: the transposed convs with their batch norms folded
-    /// in run channels-last (`conv/nhwc.rs`) where that applies, else `forward`; detached.
+    /// in, channels-last (`conv/nhwc.rs`) where that applies, else NCHW; detached.
     pub fn forward_inference(&self, z: &Tensor) -> Result<Tensor> {
         let n = z.dim(0)?;
         let h = self.norms[0].forward_eval_leaky(&self.dense.forward(z)?.reshape((
@@ -190,13 +191,30 @@ impl Generator {
             affine.push((w.clone(), scale, shift));
         }
         let layers: Vec<_> = affine.iter().map(|(w, s, t)| (w, Some(s), t)).collect();
-        match super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)? {
-            Some(h) => {
-                let y = super::activation::sigmoid(&self.out.forward(&h)?)?;
-                Ok(y.detach())
+        let h = match super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)? {
+            Some(h) => h,
+            // NCHW (no AVX-512, or not the CPU): each batch norm folded into its transposed
+            // conv, the scale into the weights and the shift as a bias that the kernel's
+            // epilogue adds with the leaky ReLU, instead of a separate pass over each output
+            None => {
+                let mut h = h.detach();
+                for (w, scale, shift) in &affine {
+                    let w = w
+                        .detach()
+                        .broadcast_mul(&scale.detach().reshape((1, (), 1, 1))?)?;
+                    h = super::conv::conv_transpose2d_bias_leaky(
+                        &h,
+                        &w,
+                        &shift.detach(),
+                        TRANSPOSED_4X4,
+                        super::layers::LEAKY_SLOPE,
+                    )?;
+                }
+                h
             }
-            None => Ok(self.forward(z)?.detach()),
-        }
+        };
+        let y = super::activation::sigmoid(&self.out.forward(&h)?)?;
+        Ok(y.detach())
     }
 
     /// Training: normalised with the batch statistics (fused batch norm).

@@ -60,6 +60,13 @@ impl Conv {
     pub fn parts(&self) -> (&Tensor, &Tensor, ConvGeom) {
         (&self.weight, &self.bias, self.geom)
     }
+    /// The convolution without its bias, for a layer followed by a batch norm with batch
+    /// statistics: that subtracts each channel's mean, so the bias cancels exactly (and its
+    /// gradient is zero up to rounding); skipping it saves a pass over the output and the bias
+    /// gradient's reduction. The bias stays a (trained-to-nothing) variable of the model.
+    pub fn forward_before_batch_norm(&self, x: &Tensor) -> Result<Tensor> {
+        conv::conv2d(x, &self.weight, self.geom)
+    }
     /// `leaky(forward(x))`: convolution, bias and activation in one fused op.
     pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
         conv::conv2d_bias_leaky(x, &self.weight, &self.bias, self.geom, LEAKY_SLOPE)
@@ -192,16 +199,11 @@ impl BatchNorm {
         let (mean, var) = super::batchnorm_op::batch_statistics(x)?;
         Ok((self.forward_train_leaky(x)?, mean, var))
     }
-    /// Normalises with the batch statistics (training), through the fused
-    /// [`super::batchnorm_op::batch_normalize`], then the leaky ReLU (fused into the affine
-    /// step); the output of [`BatchNorm::forward_batch_leaky`] without the statistics.
+    /// Normalises with the batch statistics (training), then the affine and the leaky ReLU,
+    /// as one fused op ([`super::batchnorm_op::batch_norm_leaky`]); the output of
+    /// [`BatchNorm::forward_batch_leaky`] without the statistics.
     pub fn forward_train_leaky(&self, x: &Tensor) -> Result<Tensor> {
-        channel_op::channel_affine_leaky(
-            &super::batchnorm_op::batch_normalize(x, BN_EPS)?,
-            &self.weight,
-            &self.bias,
-            LEAKY_SLOPE,
-        )
+        super::batchnorm_op::batch_norm_leaky(x, &self.weight, &self.bias, BN_EPS, LEAKY_SLOPE)
     }
     /// Normalises with the running statistics (inference), then the leaky ReLU (fused into
     /// the affine step).
