@@ -176,6 +176,23 @@ fn fused_batch_norm_leaky_matches_the_reference_outputs_and_gradients() {
         let d = max_abs_diff(g.get(xt).unwrap(), g_slow.get(xt).unwrap());
         assert!(d < 1e-3, "{b}x{c}x{h}x{w}: frozen dx differs by {d}");
     }
+    // a per-channel bias in front cancels (the discriminator does not add its convs' biases)
+    let x = Tensor::from_vec(
+        pseudo_random(2 * 4 * 36, 8, 3.0, 0.2),
+        (2, 4, 6, 6),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let gamma = Tensor::from_vec(pseudo_random(4, 9, 2.0, 0.5), 4, &Device::Cpu).unwrap();
+    let beta = Tensor::from_vec(pseudo_random(4, 10, 1.0, 0.0), 4, &Device::Cpu).unwrap();
+    let bias = Tensor::from_vec(pseudo_random(4, 11, 4.0, 1.0), 4, &Device::Cpu).unwrap();
+    let plain = batch_norm_leaky(&x, &gamma, &beta, 1e-5, 0.2).unwrap();
+    let biased = latent_atlas::model::channel_op::add_bias(&x, &bias).unwrap();
+    let biased = batch_norm_leaky(&biased, &gamma, &beta, 1e-5, 0.2).unwrap();
+    assert!(
+        max_abs_diff(&plain, &biased) < 1e-4,
+        "a bias before the norm changed it"
+    );
     // a slope the fused op cannot take goes through the unfused composition
     let x = Tensor::from_vec(pseudo_random(32, 3, 2.0, 0.0), (2, 2, 2, 4), &Device::Cpu).unwrap();
     let ones = Tensor::ones(2, candle_core::DType::F32, &Device::Cpu).unwrap();
