@@ -83,6 +83,30 @@ impl Part {
     }
 }
 
+/// The CPU's model name and family/model numbers (`/proc/cpuinfo`) and whether our AVX-512
+/// kernels run on it: the table's figures depend on both (Zen 3 and Zen 4 machines both
+/// report "AMD EPYC").
+fn cpu_label() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let family = match (field("cpu family"), field("model")) {
+        (Some(f), Some(m)) => format!(" (family {f}, model {m})"),
+        _ => String::new(),
+    };
+    let kernels = if crate::model::conv::avx512_kernels_enabled() {
+        "our AVX-512 kernels"
+    } else {
+        "no AVX-512 (or LATENT_ATLAS_NO_AVX512 set): gemm's AVX2 kernels"
+    };
+    format!("{name}{family}, {kernels}")
+}
+
 /// Median seconds of `repeats` calls of `f` after `warmup` untimed ones.
 pub(super) fn time_median(
     repeats: usize,
@@ -545,9 +569,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )
     };
     println!(
-        "\ncandle 0.11 with {} threads{}{on}; ratio > 1 means latent-atlas is faster.",
+        "\ncandle 0.11 with {} threads{}{on}; ratio > 1 means latent-atlas is faster.\nCPU: {}.",
         candle_core::utils::get_num_threads(),
-        versions.unwrap_or_default()
+        versions.unwrap_or_default(),
+        cpu_label()
     );
     if let Some(path) = a.json {
         let all = if multi {

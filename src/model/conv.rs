@@ -435,6 +435,13 @@ pub fn conv_stack_leaky(
     }
 }
 
+/// Whether the convolutions run on our AVX-512 micro-kernel (the CPU has AVX-512F and
+/// `LATENT_ATLAS_NO_AVX512` is unset), else gemm's AVX2 one; the channels-last inference
+/// stacks need it too.
+pub fn avx512_kernels_enabled() -> bool {
+    micro::has_avx512()
+}
+
 /// Inference through transposed 4x4 stride-2 layers (padding 1), each
 /// `leaky_relu(conv_transpose2d(h, w) · scale + shift, slope)` per output channel (a batch
 /// norm at inference folds into `scale` and `shift`; no `scale`: 1): `[B, C, h, w]` →
