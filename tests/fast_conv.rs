@@ -79,9 +79,17 @@ fn implicit_gemm_kernels_match_native() {
     // a transposed conv's backward runs the same forward and weight-gradient kernels on its
     // output gradient (32 output channels: 512 im2col rows)
     // (80 input channels: the phase-wise forward sums 320 rows in two slices)
-    for (i, &(b, c_in, side, c_out)) in [(3, 40, 8, 32), (2, 24, 4, 48), (2, 80, 4, 32)]
-        .iter()
-        .enumerate()
+    // (16 and 20 output channels: 256 and 320 rows, the stride-phase forward from 16
+    // channels up; 16 is the generator's last transposed layer, 20 a partial panel)
+    for (i, &(b, c_in, side, c_out)) in [
+        (3, 40, 8, 32),
+        (2, 24, 4, 48),
+        (2, 80, 4, 32),
+        (2, 32, 16, 16),
+        (2, 24, 8, 20),
+    ]
+    .iter()
+    .enumerate()
     {
         let x = Var::from_tensor(&rand(&[b, c_in, side, side], 600 + i as u64)).unwrap();
         let wt = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 700 + i as u64)).unwrap();

@@ -51,7 +51,15 @@ fn avx2_kernels_match_native() {
         stride: 2,
         padding: 1,
     };
-    for (i, &(b, c_in, side, c_out)) in [(2, 40, 8, 32), (2, 64, 4, 20)].iter().enumerate() {
+    for (i, &(b, c_in, side, c_out)) in [
+        (2, 40, 8, 32),
+        (2, 64, 4, 20),
+        (2, 32, 16, 16),
+        (2, 24, 8, 20),
+    ]
+    .iter()
+    .enumerate()
+    {
         let x = Var::from_tensor(&rand(&[b, c_in, side, side], 40 + i as u64)).unwrap();
         let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 50 + i as u64)).unwrap();
         let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), g).unwrap();

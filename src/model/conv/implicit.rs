@@ -62,18 +62,22 @@ const MIN_ROWS_STRIDE1: usize = 256;
 /// kernel with padding 1), 16-pixel strips that do not cross images, at least [`MIN_ROWS`]
 /// im2col rows, and AVX2 + FMA.
 pub(super) fn applies(d: &Dims, g: &ConvGeom) -> bool {
-    let phase_split = match g.stride {
-        1 => true,
-        2 => d.h.is_multiple_of(2) && d.w.is_multiple_of(2),
-        _ => false,
-    };
     let min_rows = if g.stride == 1 {
         MIN_ROWS_STRIDE1
     } else {
         MIN_ROWS
     };
-    d.col_rows(g) >= min_rows
-        && phase_split
+    d.col_rows(g) >= min_rows && applies_geometry(d, g)
+}
+
+/// [`applies`] without the minimum number of im2col rows: the layout and CPU conditions.
+pub(super) fn applies_geometry(d: &Dims, g: &ConvGeom) -> bool {
+    let phase_split = match g.stride {
+        1 => true,
+        2 => d.h.is_multiple_of(2) && d.w.is_multiple_of(2),
+        _ => false,
+    };
+    phase_split
         && plane_dims(d, g.stride) == (d.ho, d.wo)
         && d.col_cols().is_multiple_of(MR)
         && std::arch::is_x86_feature_detected!("avx2")

@@ -11,17 +11,26 @@
 
 use rayon::prelude::*;
 
-use super::implicit::{applies, masked_row, Scratch, KC, MR};
+use super::implicit::{applies_geometry, masked_row, Scratch, KC, MR};
 use super::kernels::{group_size, threads, Epilogue};
 use super::micro::Micro;
 use super::unfold::{from_planes, tap_phase, Dims};
 use super::ConvGeom;
 
-/// Whether [`grad_input_images`] handles this convolution's input gradient: [`applies`]
-/// with a 4x4 stride-2 kernel (2 taps per phase and axis).
+/// Whether [`grad_input_images`] handles this convolution's input gradient: a 4x4 stride-2
+/// kernel (2 taps per phase and axis) with the layout [`applies_geometry`] needs and at
+/// least [`MIN_ROWS_GRAD_INPUT`] im2col rows.
 pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    g.kernel == 4 && g.stride == 2 && applies(d, g)
+    g.kernel == 4 && g.stride == 2 && d.col_rows(g) >= MIN_ROWS_GRAD_INPUT && applies_geometry(d, g)
 }
+
+/// The fewest im2col rows (16 input channels of a 4x4 kernel) for which the input gradient
+/// runs by stride phases rather than im2col + product + col2im. The forward's threshold (32
+/// channels) had kept the 32 → 16 transposed layer (the decoder's and generator's last,
+/// 64x64) on col2im; by phases it is 14-17 % faster on a Zen 3 without AVX-512 (paired
+/// `bench --layers` runs: forward 18.3-20.8 → 13.6-17.2 ms, forward + backward 61-65 →
+/// 48-55 ms). Fewer channels (an RGB input's gradient) stay on col2im.
+const MIN_ROWS_GRAD_INPUT: usize = 256;
 
 /// Per-phase weight panels, tap offsets and masks of one convolution.
 pub(super) struct PhaseWeights {
@@ -38,7 +47,7 @@ pub(super) struct PhaseWeights {
 }
 
 impl PhaseWeights {
-    /// From the weights `w` (`[c_out, c_in, 4, 4]`); requires [`applies`] (a 4x4 kernel:
+    /// From the weights `w` (`[c_out, c_in, 4, 4]`); requires [`applies_grad_input`] (a 4x4 kernel:
     /// 2 taps per phase and axis).
     pub(super) fn new(w: &[f32], d: &Dims, g: &ConvGeom) -> Self {
         let (k, n) = (g.kernel, d.col_cols());
@@ -113,7 +122,7 @@ impl PhaseWeights {
 
 /// `∂/∂x` of `conv2d(x, w)` for `cnt` consecutive images of the output gradient `gy`
 /// (`[cnt, c_out, ho, wo]`) into `gx` (`[cnt, c_in, h, w]`, every element written), with
-/// `pw` from [`PhaseWeights::new`]. Requires [`applies`].
+/// `pw` from [`PhaseWeights::new`]. Requires [`applies_grad_input`].
 pub(super) fn grad_input_images(
     gy: &[f32],
     cnt: usize,
@@ -142,7 +151,7 @@ pub(super) fn grad_input_images(
             let kc = KC.min(rows - k0);
             for i in 0..cnt {
                 for p0 in (0..n).step_by(MR) {
-                    // SAFETY: applies() checked AVX2; reads stay within the margins.
+                    // SAFETY: applies_geometry() checked AVX2; reads stay within the margins.
                     unsafe {
                         pack_gy_strip(
                             &scratch.planes,
@@ -159,7 +168,7 @@ pub(super) fn grad_input_images(
                     let (micro, nr) = (pw.micro, pw.micro.nr);
                     for (j, panel) in pw.panels[phase].chunks_exact(rows * nr).enumerate() {
                         let ci = j * nr;
-                        // SAFETY: applies() checked FMA, Micro AVX-512 for its wide kernel;
+                        // SAFETY: applies_geometry() checked FMA, Micro AVX-512 for its wide kernel;
                         // the tile (16 plane pixels from p0, channels ci.. ci + nr clipped to
                         // c_in) lies inside image i's phase planes.
                         unsafe {
