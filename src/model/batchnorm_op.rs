@@ -217,8 +217,8 @@ impl CustomOp3 for NormalizeAffineLeaky {
                 o.write(u * if u > 0.0 { 1.0 } else { slope });
             }
         });
-        // a second forward of the same op instance (candle never does this) keeps the first
-        // statistics only if they are equal, which they are for the same input
+        // candle runs each op instance's forward once; were it run again, `set` would keep the
+        // first statistics, and the backward (which reads them) belongs to that first run
         let _ = self.stats.set(st);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
