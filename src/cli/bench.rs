@@ -104,7 +104,11 @@ fn cpu_label() -> String {
     } else {
         "no AVX-512 (or LATENT_ATLAS_NO_AVX512 set): gemm's AVX2 kernels"
     };
-    format!("{name}{family}, {kernels}")
+    let stack = match crate::model::conv::channels_last_stack_kernel() {
+        Some(k) => format!("channels-last inference stacks on {k}"),
+        None => "NCHW inference paths".to_string(),
+    };
+    format!("{name}{family}, {kernels}, {stack}")
 }
 
 /// Median seconds of `repeats` calls of `f` after `warmup` untimed ones.

@@ -416,8 +416,8 @@ pub fn conv2d_bias_leaky(
 }
 
 /// Inference through a stack of `leaky_relu(conv2d(h, w) + b, slope)` layers, flattened to
-/// `[B, F]` in NCHW order: the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F,
-/// output channels in multiples of 16), `None` where it does not apply. No gradient flows
+/// `[B, F]` in NCHW order: the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F or
+/// AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No gradient flows
 /// through the result.
 pub fn conv_stack_leaky(
     x: &Tensor,
@@ -436,17 +436,33 @@ pub fn conv_stack_leaky(
 }
 
 /// Whether the convolutions run on our AVX-512 micro-kernel (the CPU has AVX-512F and
-/// `LATENT_ATLAS_NO_AVX512` is unset), else gemm's AVX2 one; the channels-last inference
-/// stacks need it too.
+/// `LATENT_ATLAS_NO_AVX512` is unset), else gemm's AVX2 one.
 pub fn avx512_kernels_enabled() -> bool {
-    micro::has_avx512()
+    #[cfg(target_arch = "x86_64")]
+    {
+        micro::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The kernel of the channels-last inference stacks ([`conv_stack_leaky`],
+/// [`deconv_stack_leaky`]): `Some("AVX-512")` or `Some("AVX2")`, `None` where they decline
+/// (no such CPU, or `LATENT_ATLAS_NO_CHANNELS_LAST` set) and the NCHW paths run.
+pub fn channels_last_stack_kernel() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nhwc::stack_kernel()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Inference through transposed 4x4 stride-2 layers (padding 1), each
 /// `leaky_relu(conv_transpose2d(h, w) · scale + shift, slope)` per output channel (a batch
 /// norm at inference folds into `scale` and `shift`; no `scale`: 1): `[B, C, h, w]` →
-/// `[B, C', 2^L h, 2^L w]` by the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F,
-/// output channels in multiples of 16), `None` where it does not apply. No gradient flows
+/// `[B, C', 2^L h, 2^L w]` by the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F
+/// or AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No gradient flows
 /// through the result.
 pub fn deconv_stack_leaky(
     x: &Tensor,

@@ -1,6 +1,8 @@
 //! Fixtures shared by the training and pipeline tests: datasets of soft coloured discs.
 #![allow(dead_code)] // each test binary uses some of them
 
+pub mod stack;
+
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};

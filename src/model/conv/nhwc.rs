@@ -17,6 +17,10 @@
 //! Each thread runs a few images through the whole stack, so the activations stay in its L2.
 //! The last layer's output is transposed back to NCHW order (flattened for `stack_forward`).
 //!
+//! Two micro-kernels: AVX-512F (8 pixels x 16 or 32 channels in zmm accumulators) and,
+//! on CPUs without it, AVX2 + FMA (6 pixels x 16 channels or 3 x 32 in ymm ones; the same
+//! packed weights).
+//!
 //! `deconv_stack` runs transposed 4x4 stride-2 layers (the GAN generator's, batch norm folded
 //! into weights and bias) on the same tile: each is four 2x2 stride-1 convolutions, one per
 //! output phase, whose windows lie inside the input's border of 1.
@@ -26,9 +30,64 @@ use rayon::prelude::*;
 
 use super::ConvGeom;
 
-/// Output pixels per tile and 16-channel vectors per tile: (8, 2) for layers of 32·j
-/// channels, (8, 1) for the rest (16·j). 16 accumulators either way.
+/// Output pixels per tile, at most: the AVX-512 kernel takes 8 pixels x 16·`nz` channels
+/// (`nz` zmm vectors: 2 for layers of 32·j channels, 1 for the rest, 16·j), 16
+/// accumulators either way.
 const MP: usize = 8;
+
+/// Output pixels per tile of the AVX2 kernel: 6 pixels x 16 channels (2 ymm vectors), 12
+/// accumulators; a 32-channel block runs as two 16-channel halves of the same tile (3
+/// pixels x 32 channels would load 10.7 bytes of weights per FMA instead of 5.3).
+const AVX2_P: usize = 6;
+
+/// Which micro-kernel runs the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F: zmm accumulators, 8 pixels per tile.
+    Avx512,
+    /// AVX2 + FMA: ymm accumulators, 6 or 3 pixels per tile.
+    Avx2,
+}
+
+impl Isa {
+    /// The kernel for this CPU: AVX-512F where [`super::micro::has_avx512`] says so, else
+    /// AVX2 + FMA; `None` without either, or with `LATENT_ATLAS_NO_CHANNELS_LAST` set (the
+    /// encoders and the generator then run their NCHW inference paths).
+    fn detect() -> Option<Self> {
+        use std::sync::OnceLock;
+        static ISA: OnceLock<Option<Isa>> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var_os("LATENT_ATLAS_NO_CHANNELS_LAST").is_some() {
+                None
+            } else if super::micro::has_avx512() {
+                Some(Isa::Avx512)
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                Some(Isa::Avx2)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Output pixels per tile for blocks of 16·`nz` channels.
+    fn pixels(self) -> usize {
+        match self {
+            Isa::Avx512 => MP,
+            Isa::Avx2 => AVX2_P,
+        }
+    }
+}
+
+/// Whether the channels-last inference stacks run on this CPU, and on which kernel:
+/// `Some("AVX-512")`, `Some("AVX2")`, or `None` (NCHW inference paths).
+pub fn stack_kernel() -> Option<&'static str> {
+    Isa::detect().map(|i| match i {
+        Isa::Avx512 => "AVX-512",
+        Isa::Avx2 => "AVX2",
+    })
+}
 
 /// One layer: weights packed `[block][kh][kw][ci][16·nz]`, one block per 16·`nz` output
 /// channels.
@@ -153,6 +212,7 @@ fn sides(layers: &[Layer], h: usize, w: usize) -> Vec<(usize, usize)> {
 struct Stack {
     layers: Vec<Layer>,
     slope: f32,
+    isa: Isa,
 }
 
 /// Images per thread job whose largest padded activation stays within about 640 KB (half
@@ -271,8 +331,14 @@ impl Stack {
         let (co, hw) = (last.c_out, ho * wo);
         let res = &sc.bufs[sc.bufs.len() - 1];
         for (i, o) in out.chunks_exact_mut(co * hw).enumerate() {
-            // SAFETY: AVX-512F checked by `run`'s callers.
-            unsafe { to_planes(&res[i * hw * co..][..hw * co], o, hw, co) };
+            let r = &res[i * hw * co..][..hw * co];
+            // SAFETY: the ISA was detected on this CPU by `run`'s callers.
+            unsafe {
+                match self.isa {
+                    Isa::Avx512 => to_planes(r, o, hw, co),
+                    Isa::Avx2 => to_planes_avx2(r, o, hw, co),
+                }
+            }
         }
     }
 
@@ -304,6 +370,7 @@ impl Stack {
         };
         let steps = k * k * ci;
         let pixels = cnt * gh * gw;
+        let mp = self.isa.pixels();
         for (phase, wph) in layer
             .packed
             .chunks_exact(co * steps)
@@ -315,11 +382,11 @@ impl Stack {
                 let bias = &layer.bias[blk * width..][..width];
                 // grid position of the tile's first pixel, advanced without divisions
                 let (mut ci0, mut cy, mut cx) = (0usize, 0usize, 0usize);
-                for t0 in (0..pixels).step_by(MP) {
-                    let valid = (pixels - t0).min(MP);
+                for t0 in (0..pixels).step_by(mp) {
+                    let valid = (pixels - t0).min(mp);
                     let mut from = [sp; MP];
                     let mut to = [dp; MP];
-                    for j in 0..MP {
+                    for j in 0..mp {
                         let (i, y, x) = (ci0, cy, cx);
                         // a partial tile repeats its last pixel (computed, not stored)
                         if j + 1 < valid {
@@ -340,14 +407,27 @@ impl Stack {
                     // step past the tile's last pixel
                     step((gh, gw), (&mut ci0, &mut cy, &mut cx));
                     let rows = (k, k * ci, wp * ci);
-                    // SAFETY: AVX-512F checked by `run`; every tap of every window lies inside
-                    // `src` (the border covers the padding), the weight block holds `steps`
-                    // vectors, and each destination holds `width` floats.
+                    let (w, s) = (wb.as_ptr(), self.slope);
+                    // SAFETY: the ISA was detected on this CPU by `run`; every tap of every
+                    // window lies inside `src` (the border covers the padding), the weight
+                    // block holds `steps` vectors, and each destination holds `width` floats.
                     unsafe {
-                        if layer.nz == 2 {
-                            tile::<2>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
-                        } else {
-                            tile::<1>(&from, rows, wb.as_ptr(), bias, self.slope, &to, valid);
+                        match (self.isa, layer.nz) {
+                            (Isa::Avx512, 2) => tile::<2>(&from, rows, w, bias, s, &to, valid),
+                            (Isa::Avx512, _) => tile::<1>(&from, rows, w, bias, s, &to, valid),
+                            (Isa::Avx2, nz) => {
+                                // one 16-channel half of the block after the other, the
+                                // tile's input windows in L1 for the second
+                                for h in 0..nz {
+                                    let mut to_h = to;
+                                    for t in &mut to_h[..valid] {
+                                        *t = t.add(16 * h);
+                                    }
+                                    let half = (w.add(16 * h), width);
+                                    let bh = &bias[16 * h..][..16];
+                                    tile_avx2(&from, rows, half, bh, s, &to_h, valid);
+                                }
+                            }
                         }
                     }
                 }
@@ -457,9 +537,135 @@ unsafe fn tile<const NZ: usize>(
     }
 }
 
+/// [`to_planes`] on AVX2: 8 x 8 blocks through register transposes, then a scalar loop for
+/// the last `hw % 8` pixels.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn to_planes_avx2(r: &[f32], o: &mut [f32], hw: usize, co: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(co.is_multiple_of(8) && r.len() == hw * co && o.len() == hw * co);
+    let full = hw - hw % 8;
+    for p0 in (0..full).step_by(8) {
+        for c0 in (0..co).step_by(8) {
+            // SAFETY: rows p0..p0+8 of r and planes c0..c0+8 of o hold 8 floats from the
+            // offsets read and written.
+            unsafe {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for (q, v) in rows.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(r.as_ptr().add((p0 + q) * co + c0));
+                }
+                for (q, v) in transpose8(rows).iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add((c0 + q) * hw + p0), *v);
+                }
+            }
+        }
+    }
+    for px in full..hw {
+        for ch in 0..co {
+            o[ch * hw + px] = r[px * co + ch];
+        }
+    }
+}
+
+/// The transpose of an 8 x 8 block held as 8 row vectors.
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // pairs of rows interleaved, then pairs of pairs, then the 128-bit halves
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// [`tile`] on AVX2 + FMA for 16 output channels: `AVX2_P` output pixels x 2 ymm vectors
+/// (12 accumulators), each step 2 weight loads and `AVX2_P` broadcasts of one input value
+/// per pixel. Step `q`'s 16 weights are at `w + q·ws` (`ws` the packed block's width, 16 or
+/// 32).
+///
+/// # Safety
+/// AVX2 and FMA; `from[j] + kh·row + q` readable for `j < AVX2_P`, `kh < k`, `q < seg`;
+/// `w + q·ws` holds 16 floats for `q < k·seg`, `bias` 16, each `to[j]` (`j < valid`) 16.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(
+    from: &[*const f32; MP],
+    (k, seg, row): (usize, usize, usize),
+    (w, ws): (*const f32, usize),
+    bias: &[f32],
+    slope: f32,
+    to: &[*mut f32; MP],
+    valid: usize,
+) {
+    use std::arch::x86_64::*;
+    const NV: usize = 2;
+    const P: usize = AVX2_P;
+    let mut acc = [[_mm256_setzero_ps(); NV]; P];
+    let mut wp = w;
+    for kh in 0..k {
+        let mut p = [std::ptr::null::<f32>(); P];
+        for j in 0..P {
+            p[j] = from[j].add(kh * row);
+        }
+        for q in 0..seg {
+            let mut wv = [_mm256_setzero_ps(); NV];
+            for (z, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(wp.add(8 * z));
+            }
+            for j in 0..P {
+                let a = _mm256_broadcast_ss(&*p[j].add(q));
+                for z in 0..NV {
+                    acc[j][z] = _mm256_fmadd_ps(wv[z], a, acc[j][z]);
+                }
+            }
+            wp = wp.add(ws);
+        }
+    }
+    let s = _mm256_set1_ps(slope);
+    let zero = _mm256_setzero_ps();
+    let mut bv = [zero; NV];
+    for (z, v) in bv.iter_mut().enumerate() {
+        *v = _mm256_loadu_ps(bias.as_ptr().add(8 * z));
+    }
+    for j in 0..valid.min(P) {
+        for z in 0..NV {
+            let v = _mm256_add_ps(acc[j][z], bv[z]);
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
+            _mm256_storeu_ps(
+                to[j].add(8 * z),
+                _mm256_blendv_ps(v, _mm256_mul_ps(v, s), neg),
+            );
+        }
+    }
+}
+
 /// `x` through `layers` (each `leaky_relu(conv2d(h, w) + b, slope)`), flattened to `[B, F]`
-/// in NCHW order, or `None` where this path does not apply: not the CPU, not f32, no
-/// AVX-512F (or `LATENT_ATLAS_NO_AVX512` set), output channels not a multiple of 16,
+/// in NCHW order, or `None` where this path does not apply: not the CPU, not f32, neither
+/// AVX-512F nor AVX2 + FMA (or `LATENT_ATLAS_NO_CHANNELS_LAST` set), output channels not a
+/// multiple of 16,
 /// non-square kernels, or shapes that do not chain. No gradient flows through the result.
 pub fn stack_forward(
     x: &Tensor,
@@ -496,13 +702,13 @@ pub fn stack_forward(
 }
 
 /// Whether a stack of `n` layers can run on `x` at all: a rank-4 f32 CPU tensor, a CPU with
-/// AVX-512F, a finite slope.
+/// AVX-512F or AVX2 + FMA ([`Isa::detect`]), a finite slope.
 fn eligible(x: &Tensor, n: usize, slope: f32) -> bool {
     x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
         && x.rank() == 4
         && n > 0
-        && super::micro::has_avx512()
+        && Isa::detect().is_some()
         && slope.is_finite()
 }
 
@@ -514,12 +720,16 @@ fn run(x: &Tensor, packed: Vec<Layer>, slope: f32) -> candle_core::Result<Option
         let p = 2 * l.geom.padding;
         *h > 0 && *w > 0 && (l.transposed || (h + p >= l.geom.kernel && w + p >= l.geom.kernel))
     });
+    let Some(isa) = Isa::detect() else {
+        return Ok(None);
+    };
     if !fits {
         return Ok(None);
     }
     let op = Stack {
         layers: packed,
         slope,
+        isa,
     };
     Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
 }
