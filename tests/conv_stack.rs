@@ -70,6 +70,19 @@ fn encoder_inference_matches_training_forward() {
     let infer = enc.forward_inference(&x).unwrap();
     let d = max_abs_diff(&train, &infer);
     assert!(d < 1e-4, "encoder: inference differs from forward by {d}");
+    // a batch smaller than the thread count takes the NCHW layers (the training forward's
+    // own kernels: the same values exactly)
+    let one = x.narrow(0, 0, 1).unwrap();
+    if !latent_atlas::model::conv::stack_pays_off(1) {
+        let d = max_abs_diff(
+            &enc.forward(&one).unwrap(),
+            &enc.forward_inference(&one).unwrap(),
+        );
+        assert!(
+            d == 0.0,
+            "batch of one: inference differs from forward by {d}"
+        );
+    }
 
     let model = Model::new(
         ModelConfig::new("m", Family::Vae, 16),

@@ -191,11 +191,17 @@ impl Generator {
             affine.push((w.clone(), scale, shift));
         }
         let layers: Vec<_> = affine.iter().map(|(w, s, t)| (w, Some(s), t)).collect();
-        let h = match super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)? {
+        let stack = if super::conv::stack_pays_off(n) {
+            super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)?
+        } else {
+            None
+        };
+        let h = match stack {
             Some(h) => h,
-            // NCHW (no AVX-512, or not the CPU): each batch norm folded into its transposed
-            // conv, the scale into the weights and the shift as a bias that the kernel's
-            // epilogue adds with the leaky ReLU, instead of a separate pass over each output
+            // NCHW (no AVX2, not the CPU, or fewer images than threads): each batch norm
+            // folded into its transposed conv, the scale into the weights and the shift as a
+            // bias that the kernel's epilogue adds with the leaky ReLU, instead of a separate
+            // pass over each output
             None => {
                 let mut h = h.detach();
                 for (w, scale, shift) in &affine {

@@ -40,9 +40,13 @@ impl ConvEncoder {
         h.flatten_from(1)
     }
     /// [`Self::forward`] at inference: the same values (to rounding) through the
-    /// channels-last stack of `conv/nhwc.rs` where it applies, else through `forward`,
+    /// channels-last stack of `conv/nhwc.rs` where it applies and pays off
+    /// ([`super::conv::stack_pays_off`]), else through `forward`,
     /// detached either way (no gradient reaches the weights).
     pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        if !super::conv::stack_pays_off(x.dim(0)?) {
+            return Ok(self.forward(x)?.detach());
+        }
         let parts: Vec<_> = self.convs.iter().map(Conv::parts).collect();
         match super::conv::conv_stack_leaky(x, &parts, super::layers::LEAKY_SLOPE)? {
             Some(h) => Ok(h),

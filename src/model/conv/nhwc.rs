@@ -111,15 +111,14 @@ impl Layer {
         let width = 16 * nz;
         let steps = k * k * c_in;
         let mut packed = vec![0f32; c_out * steps];
+        // each output channel's weights read in order (a strided read of the source costs a
+        // cache miss per float on the deep layers), written `width` apart within the block
         for (b, block) in packed.chunks_exact_mut(steps * width).enumerate() {
-            for kh in 0..k {
-                for kw in 0..k {
-                    for ci in 0..c_in {
-                        let q = (kh * k + kw) * c_in + ci;
-                        for l in 0..width {
-                            let co = b * width + l;
-                            block[q * width + l] = w[((co * c_in + ci) * k + kh) * k + kw];
-                        }
+            for l in 0..width {
+                let src = &w[(b * width + l) * steps..][..steps];
+                for (ci, taps) in src.chunks_exact(k * k).enumerate() {
+                    for (t, v) in taps.iter().enumerate() {
+                        block[(t * c_in + ci) * width + l] = *v;
                     }
                 }
             }
@@ -152,21 +151,20 @@ impl Layer {
         let width = 16 * nz;
         let steps = 4 * c_in;
         let mut packed = vec![0f32; 4 * c_out * steps];
-        for (phase, ph) in packed.chunks_exact_mut(c_out * steps).enumerate() {
-            let (py, px) = (phase / 2, phase % 2);
-            for (b, block) in ph.chunks_exact_mut(steps * width).enumerate() {
-                for a in 0..2 {
-                    for bb in 0..2 {
-                        let (kh, kw) = (3 - py - 2 * a, 3 - px - 2 * bb);
-                        for ci in 0..c_in {
-                            let q = (a * 2 + bb) * c_in + ci;
-                            for l in 0..width {
-                                let co = b * width + l;
-                                let s = scale.map_or(1.0, |s| s[co]);
-                                block[q * width + l] = w[((ci * c_out + co) * 4 + kh) * 4 + kw] * s;
-                            }
-                        }
-                    }
+        // the source read in order (see `new`): tap (kh, kw) of input channel ci and output
+        // channel co goes to phase (py, px) = ((3 - kh) % 2, (3 - kw) % 2), window row
+        // a = (3 - py - kh) / 2 and column bb likewise
+        for (ci, per_ci) in w.chunks_exact(c_out * 16).enumerate() {
+            for (co, taps) in per_ci.chunks_exact(16).enumerate() {
+                let s = scale.map_or(1.0, |s| s[co]);
+                let (b, l) = (co / width, co % width);
+                for (t, v) in taps.iter().enumerate() {
+                    let (kh, kw) = (t / 4, t % 4);
+                    let (py, px) = ((3 - kh) % 2, (3 - kw) % 2);
+                    let (a, bb) = ((3 - py - kh) / 2, (3 - px - kw) / 2);
+                    let phase = py * 2 + px;
+                    let q = (a * 2 + bb) * c_in + ci;
+                    packed[(phase * c_out + b * width) * steps + q * width + l] = *v * s;
                 }
             }
         }
