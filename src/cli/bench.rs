@@ -224,6 +224,7 @@ fn ours(quick: bool, part: Option<Part>, dev: &Device) -> Result<Map<String, Val
         json!(candle_core::utils::get_num_threads()),
     );
     m.insert("candle".into(), json!("0.11"));
+    m.insert("cpu".into(), json!(cpu_label()));
     Ok(m)
 }
 
