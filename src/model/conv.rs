@@ -426,8 +426,8 @@ pub fn stack_pays_off(n: usize) -> bool {
 
 /// Inference through a stack of `leaky_relu(conv2d(h, w) + b, slope)` layers, flattened to
 /// `[B, F]` in NCHW order: the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F or
-/// AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No gradient flows
-/// through the result.
+/// AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No
+/// gradient flows through the result. Callers take it where [`stack_pays_off`].
 pub fn conv_stack_leaky(
     x: &Tensor,
     layers: &[(&Tensor, &Tensor, ConvGeom)],
@@ -471,8 +471,8 @@ pub fn channels_last_stack_kernel() -> Option<&'static str> {
 /// `leaky_relu(conv_transpose2d(h, w) · scale + shift, slope)` per output channel (a batch
 /// norm at inference folds into `scale` and `shift`; no `scale`: 1): `[B, C, h, w]` →
 /// `[B, C', 2^L h, 2^L w]` by the channels-last path of `conv/nhwc.rs` (CPU with AVX-512F
-/// or AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No gradient flows
-/// through the result.
+/// or AVX2 + FMA, output channels in multiples of 16), `None` where it does not apply. No
+/// gradient flows through the result. Callers take it where [`stack_pays_off`].
 pub fn deconv_stack_leaky(
     x: &Tensor,
     layers: &[(&Tensor, Option<&Tensor>, &Tensor)],

@@ -17,9 +17,9 @@
 //! Each thread runs a few images through the whole stack, so the activations stay in its L2.
 //! The last layer's output is transposed back to NCHW order (flattened for `stack_forward`).
 //!
-//! Two micro-kernels: AVX-512F (8 pixels x 16 or 32 channels in zmm accumulators) and,
-//! on CPUs without it, AVX2 + FMA (6 pixels x 16 channels or 3 x 32 in ymm ones; the same
-//! packed weights).
+//! Two micro-kernels (`nhwc/tiles.rs`): AVX-512F (8 pixels x 16 or 32 channels in zmm
+//! accumulators) and, on CPUs without it, AVX2 + FMA (6 pixels x 16 channels in ymm ones, a
+//! 32-channel block as two halves of one tile; the same packed weights).
 //!
 //! `deconv_stack` runs transposed 4x4 stride-2 layers (the GAN generator's, batch norm folded
 //! into weights and bias) on the same tile: each is four 2x2 stride-1 convolutions, one per
@@ -48,7 +48,7 @@ const AVX2_P: usize = 6;
 enum Isa {
     /// AVX-512F: zmm accumulators, 8 pixels per tile.
     Avx512,
-    /// AVX2 + FMA: ymm accumulators, 6 or 3 pixels per tile.
+    /// AVX2 + FMA: ymm accumulators, 6 pixels x 16 channels per tile.
     Avx2,
 }
 
@@ -454,8 +454,8 @@ fn step((gh, gw): (usize, usize), (i, y, x): (&mut usize, &mut usize, &mut usize
 /// `x` through `layers` (each `leaky_relu(conv2d(h, w) + b, slope)`), flattened to `[B, F]`
 /// in NCHW order, or `None` where this path does not apply: not the CPU, not f32, neither
 /// AVX-512F nor AVX2 + FMA (or `LATENT_ATLAS_NO_CHANNELS_LAST` set), output channels not a
-/// multiple of 16,
-/// non-square kernels, or shapes that do not chain. No gradient flows through the result.
+/// multiple of 16, non-square kernels, or shapes that do not chain. No gradient flows
+/// through the result.
 pub fn stack_forward(
     x: &Tensor,
     layers: &[(&Tensor, &Tensor, ConvGeom)],
