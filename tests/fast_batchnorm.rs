@@ -384,3 +384,46 @@ fn fused_batch_statistics_match_candle_reductions() {
             .to_string();
     assert!(e.contains("[B, C, H, W]"), "{e}");
 }
+
+#[test]
+fn fused_batch_statistics_stay_accurate_far_from_zero() {
+    // one pass with a per-channel shift: a mean 10^5 standard deviations from zero must not
+    // cancel the variance away. Rows of 63 values take all three paths of the sums (32-lane
+    // chunks, eights, single values); 4 x 4096 values cross the f64 flush.
+    use latent_atlas::model::batchnorm_op::batch_statistics;
+    for (b, c, h, w, scale, shift) in [
+        (3usize, 4usize, 9usize, 7usize, 0.04f32, 1000.0f32),
+        (4, 2, 64, 64, 2.0, -3.0),
+        (5, 3, 4, 4, 0.5, 20.0),
+    ] {
+        let n = b * c * h * w;
+        let data = pseudo_random(n, 11, scale, shift);
+        let x = Tensor::from_vec(data.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+        let (mean, var) = batch_statistics(&x).unwrap();
+        let (mean, var) = (
+            mean.to_vec1::<f32>().unwrap(),
+            var.to_vec1::<f32>().unwrap(),
+        );
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..b)
+                .flat_map(|bi| {
+                    let start = (bi * c + ch) * h * w;
+                    data[start..start + h * w].iter().map(|&v| f64::from(v))
+                })
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|u| (u - m) * (u - m)).sum::<f64>() / vals.len() as f64;
+            assert!(v > 0.0, "degenerate data");
+            assert!(
+                (f64::from(mean[ch]) - m).abs() <= 1e-6 * m.abs().max(1.0),
+                "{b}x{c}x{h}x{w} channel {ch}: mean {} vs {m}",
+                mean[ch]
+            );
+            assert!(
+                (f64::from(var[ch]) - v).abs() <= 1e-3 * v,
+                "{b}x{c}x{h}x{w} channel {ch}: variance {} vs {v}",
+                var[ch]
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::activation::{contiguous_f32, grad_pair};
 use super::channel_op::{
-    bchw, channel_rows, channel_vector, fill_rows, fusable_slope, map_rows, rows_lane_sum,
+    bchw, channel_rows, channel_vector, fill_rows, fusable_slope, map_rows, rows_lane_sum, LANES,
 };
 
 /// Per channel `(mean, 1 / sqrt(var + eps))`, biased variance, two passes in f64.
@@ -20,20 +20,70 @@ fn stats(x: &[f32], b: usize, c: usize, hw: usize, eps: f32) -> Vec<(f32, f32)> 
         .collect()
 }
 
-/// Per channel `(mean, biased variance)`, two passes, parallel over channels: each pixel row
-/// summed in f32 lanes (vectorised), rows accumulated in f64.
+/// Per channel `(mean, biased variance)`, one pass, parallel over channels: `Σ (x − s)` and
+/// `Σ (x − s)²` with the shift `s` the channel's first value (so that a mean far from zero does
+/// not cancel the variance away), each pixel row summed in [`LANES`] f32 lanes (vectorised) and
+/// flushed into f64 totals every 8192 values. The two-pass form (mean, then `Σ (x − mean)²`)
+/// read every activation twice: the statistics were 3 % of a GAN training step (perf).
 fn mean_var(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let rows = || channel_rows(x, b, c, hw, ch);
             let n = (b * hw).max(1) as f64;
-            let mean = rows_lane_sum(rows().map(|r| (r, r)), |u, _| u) / n;
-            let m = mean as f32;
-            let var = rows_lane_sum(rows().map(|r| (r, r)), move |u, _| (u - m) * (u - m)) / n;
-            (mean, var)
+            let shift = channel_rows(x, b, c, hw, ch)
+                .next()
+                .and_then(|r| r.first())
+                .copied()
+                .unwrap_or(0.0);
+            let (s1, s2) = shifted_sums(channel_rows(x, b, c, hw, ch), shift);
+            let d = s1 / n;
+            (f64::from(shift) + d, (s2 / n - d * d).max(0.0))
         })
         .collect()
+}
+
+/// `(Σ (v − shift), Σ (v − shift)²)` over rows, in 32 f32 lanes per sum (four independent
+/// vector chains each: with eight lanes the adds were latency-bound, and one pass with them
+/// was slower than the two passes it replaced) flushed to f64 every 8192 values.
+fn shifted_sums<'a>(rows: impl Iterator<Item = &'a [f32]>, shift: f32) -> (f64, f64) {
+    let (mut l1, mut l2) = ([0f32; LANES], [0f32; LANES]);
+    let (mut total, mut since) = ((0f64, 0f64), 0usize);
+    let flush = |l1: &mut [f32; LANES], l2: &mut [f32; LANES], total: &mut (f64, f64)| {
+        total.0 += l1.iter().map(|&v| f64::from(v)).sum::<f64>();
+        total.1 += l2.iter().map(|&v| f64::from(v)).sum::<f64>();
+        (*l1, *l2) = ([0f32; LANES], [0f32; LANES]);
+    };
+    for r in rows {
+        let mut chunks = r.chunks_exact(LANES);
+        for xs in &mut chunks {
+            for ((a, q), &v) in l1.iter_mut().zip(l2.iter_mut()).zip(xs) {
+                let d = v - shift;
+                *a += d;
+                *q += d * d;
+            }
+        }
+        // rows shorter than the lanes (4x4 and 8x8 maps) in eights, then one at a time
+        let mut eights = chunks.remainder().chunks_exact(8);
+        for xs in &mut eights {
+            for ((a, q), &v) in l1.iter_mut().zip(l2.iter_mut()).zip(xs) {
+                let d = v - shift;
+                *a += d;
+                *q += d * d;
+            }
+        }
+        for &v in eights.remainder() {
+            let d = f64::from(v - shift);
+            total.0 += d;
+            total.1 += d * d;
+        }
+        since += r.len();
+        if since >= 8192 {
+            flush(&mut l1, &mut l2, &mut total);
+            since = 0;
+        }
+    }
+    flush(&mut l1, &mut l2, &mut total);
+    total
 }
 
 /// `x ↦ [mean_0..mean_C, var_0..var_C]` (no gradient).
@@ -247,8 +297,8 @@ impl CustomOp3 for NormalizeAffineLeaky {
     }
 }
 
-/// `(Σ g′, Σ g′ · (x − mean))` over a channel's rows, `g′ = g · leaky′(x · a + t)`, in eight
-/// f32 lanes per sum flushed to f64 every 8192 values (as `rows_lane_sum`). `g′` is written
+/// `(Σ g′, Σ g′ · (x − mean))` over a channel's rows, `g′ = g · leaky′(x · a + t)`, in
+/// [`LANES`] f32 lanes per sum flushed to f64 every 8192 values (as `rows_lane_sum`). `g′` is written
 /// to a small stack block first: in one loop with the two sums, the select of `leaky′`
 /// became a branch per value (SSE2 SLP vectorisation), mispredicted on real data (4-5x
 /// slower); alone, it vectorises.
@@ -261,7 +311,8 @@ fn leaky_grad_sums<'a>(
 ) -> (f64, f64) {
     const BLOCK: usize = 256;
     let mut block = [0f32; BLOCK];
-    let (mut sg, mut sgx, mut total, mut since) = ([0f32; 8], [0f32; 8], (0f64, 0f64), 0usize);
+    let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
+    let (mut total, mut since) = ((0f64, 0f64), 0usize);
     for (gr, xr) in rows {
         for (gb, xb) in gr.chunks(BLOCK).zip(xr.chunks(BLOCK)) {
             let gp = &mut block[..gb.len()];
@@ -269,14 +320,25 @@ fn leaky_grad_sums<'a>(
                 let u = xv * a + t;
                 *o = gv * if u > 0.0 { 1.0 } else { slope };
             }
-            let (mut gc, mut xc) = (gp.chunks_exact(8), xb.chunks_exact(8));
-            for (g8, x8) in (&mut gc).zip(&mut xc) {
+            let (mut gc, mut xc) = (gp.chunks_exact(LANES), xb.chunks_exact(LANES));
+            for (gs, xs) in (&mut gc).zip(&mut xc) {
+                for ((l, m), (&p, &v)) in sg.iter_mut().zip(sgx.iter_mut()).zip(gs.iter().zip(xs)) {
+                    *l += p;
+                    *m += p * (v - mean);
+                }
+            }
+            // blocks shorter than the lanes (4x4 and 8x8 rows) in eights
+            let (mut ge, mut xe) = (
+                gc.remainder().chunks_exact(8),
+                xc.remainder().chunks_exact(8),
+            );
+            for (g8, x8) in (&mut ge).zip(&mut xe) {
                 for ((l, m), (&p, &v)) in sg.iter_mut().zip(sgx.iter_mut()).zip(g8.iter().zip(x8)) {
                     *l += p;
                     *m += p * (v - mean);
                 }
             }
-            for (&p, &v) in gc.remainder().iter().zip(xc.remainder()) {
+            for (&p, &v) in ge.remainder().iter().zip(xe.remainder()) {
                 total.0 += f64::from(p);
                 total.1 += f64::from(p * (v - mean));
             }
@@ -285,7 +347,7 @@ fn leaky_grad_sums<'a>(
         if since >= 8192 {
             total.0 += sg.iter().map(|&v| f64::from(v)).sum::<f64>();
             total.1 += sgx.iter().map(|&v| f64::from(v)).sum::<f64>();
-            (sg, sgx, since) = ([0f32; 8], [0f32; 8], 0);
+            (sg, sgx, since) = ([0f32; LANES], [0f32; LANES], 0);
         }
     }
     total.0 += sg.iter().map(|&v| f64::from(v)).sum::<f64>();
