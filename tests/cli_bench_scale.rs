@@ -1,6 +1,6 @@
 //! `bench --scale N` through the real binary, at a tiny N: generates synthfaces into the
 //! cache (read back from disk), encodes them, and writes scale.json / scale.md; and
-//! `bench --scatter N` at a small N.
+//! `bench --scatter N` at a small N; `bench --only` picks figures and rejects unknown ones.
 
 use std::path::Path;
 use std::process::Command;
@@ -120,4 +120,62 @@ fn scatter_bench_reports_projection_pick_and_frames() {
         .unwrap();
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("WIDTHxHEIGHT"));
+}
+
+#[test]
+fn bench_only_measures_the_named_figures_and_rejects_unknown_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("fits.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .args([
+            "bench",
+            "--no-torch",
+            "--quick",
+            "--only",
+            "lstsq_150_ms",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("| lstsq 150 x 64 -> 150 (ms) |"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("train VAE"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ours = v["ours"].as_object().unwrap();
+    // the group of the named figure comes along (both fits and the slider path), nothing else
+    for key in ["lstsq_150_ms", "lstsq_200k_ms", "slider_p95_ms"] {
+        let ms = ours[key].as_f64().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{key} = {ms}");
+    }
+    assert!(
+        !ours
+            .keys()
+            .any(|k| k.starts_with("train_") || k.starts_with("encode")),
+        "{ours:?}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .args([
+            "bench",
+            "--no-torch",
+            "--only",
+            "train_gan_img_s,decode_b2_ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("unknown figure \"decode_b2_ms\"") && err.contains("decode_b1_ms"),
+        "{err}"
+    );
 }

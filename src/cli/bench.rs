@@ -48,10 +48,15 @@ pub struct BenchArgs {
     /// Only one part of the table (both sides): training, encode/decode, or map fits.
     #[arg(long, value_enum)]
     pub part: Option<Part>,
-    /// Run the comparison this many times, the two sides taking turns (ours, PyTorch NCHW,
-    /// PyTorch channels_last, ours, ...), and report medians with the range of the per-round
-    /// ratios: on a shared machine whose speed drifts by tens of percent within minutes, one
-    /// round can favour either side.
+    /// Only these figures (comma-separated JSON keys, e.g. `train_gan_img_s,decode_b1_ms`),
+    /// both sides; the figures measured together with one of them come along.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Run the comparison this many times and report medians with the per-round ratios. The
+    /// sides take turns figure by figure (each training kind, encode/decode, map fits: ours,
+    /// PyTorch NCHW, PyTorch channels_last, seconds apart; odd rounds start with PyTorch): on a
+    /// shared machine whose speed drifts by tens of percent within minutes, a whole part of
+    /// the table run by one side after the other can favour either.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Device of our side of the table (cpu, cuda, cuda:N; CUDA needs a `--features cuda`
@@ -201,18 +206,39 @@ fn train_throughput(
         .unwrap_or(0.0))
 }
 
-fn ours(quick: bool, part: Option<Part>, dev: &Device) -> Result<Map<String, Value>> {
+/// The figures measured together, in the order the sides take turns: each training kind
+/// alone, encode/decode, map fits (the slider path rides with the fits).
+const GROUPS: [(Part, &[&str]); 6] = [
+    (Part::Train, &["train_vae_img_s"]),
+    (Part::Train, &["train_svae_img_s"]),
+    (Part::Train, &["train_gan_img_s"]),
+    (Part::Train, &["train_recoder_img_s"]),
+    (
+        Part::Infer,
+        &["encode_b256_img_s", "decode_b256_img_s", "decode_b1_ms"],
+    ),
+    (Part::Fits, &["lstsq_150_ms", "lstsq_200k_ms"]),
+];
+
+/// Our figures of one group (`only`: its keys), or of the whole `part` when `only` is None.
+fn ours(
+    quick: bool,
+    part: Option<Part>,
+    only: Option<&[&str]>,
+    dev: &Device,
+) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     let steps = if quick { 3 } else { 8 };
     let wants = |p: Part| part.is_none_or(|q| q == p);
     if wants(Part::Train) {
-        train_part(&mut m, steps, dev)?;
+        train_part(&mut m, steps, only, dev)?;
     }
     let rep = if quick { 3 } else { 7 };
-    if wants(Part::Infer) {
+    let wants_any = |keys: &[&str]| only.is_none_or(|o| o.iter().any(|k| keys.contains(k)));
+    if wants(Part::Infer) && wants_any(GROUPS[4].1) {
         infer_part(&mut m, rep, dev)?;
     }
-    if wants(Part::Fits) {
+    if wants(Part::Fits) && wants_any(GROUPS[5].1) {
         fits_part(&mut m, rep, quick, dev)?;
     }
     m.insert(
@@ -228,21 +254,30 @@ fn ours(quick: bool, part: Option<Part>, dev: &Device) -> Result<Map<String, Val
     Ok(m)
 }
 
-fn train_part(m: &mut Map<String, Value>, steps: usize, dev: &Device) -> Result<()> {
+fn train_part(
+    m: &mut Map<String, Value>,
+    steps: usize,
+    only: Option<&[&str]>,
+    dev: &Device,
+) -> Result<()> {
+    let want = |k: &str| only.is_none_or(|o| o.contains(&k));
     let data = random_dataset(64 * steps * 2 + 64);
     eprintln!("training throughput (batch 64)...");
-    m.insert(
-        "train_vae_img_s".into(),
-        json!(train_throughput(TrainKind::Vae, &data, steps, None, dev)?),
-    );
-    m.insert(
-        "train_svae_img_s".into(),
-        json!(train_throughput(TrainKind::Svae, &data, steps, None, dev)?),
-    );
-    m.insert(
-        "train_gan_img_s".into(),
-        json!(train_throughput(TrainKind::Gan, &data, steps, None, dev)?),
-    );
+    for (key, kind) in [
+        ("train_vae_img_s", TrainKind::Vae),
+        ("train_svae_img_s", TrainKind::Svae),
+        ("train_gan_img_s", TrainKind::Gan),
+    ] {
+        if want(key) {
+            m.insert(
+                key.into(),
+                json!(train_throughput(kind, &data, steps, None, dev)?),
+            );
+        }
+    }
+    if !want("train_recoder_img_s") {
+        return Ok(());
+    }
     let gan_dir = tempfile::tempdir()?;
     save_model(
         &Model::new(
@@ -369,6 +404,7 @@ fn torch(
     quick: bool,
     channels_last: bool,
     part: Option<Part>,
+    only: Option<&[&str]>,
     dev: &Device,
 ) -> Option<Map<String, Value>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_reference.py");
@@ -384,6 +420,9 @@ fn torch(
     }
     if let Some(p) = part {
         cmd.arg("--part").arg(p.name());
+    }
+    if let Some(keys) = only {
+        cmd.arg("--only").arg(keys.join(","));
     }
     if let candle_core::DeviceLocation::Cuda { gpu_id } = dev.location() {
         cmd.arg("--device").arg(format!("cuda:{gpu_id}"));
@@ -433,6 +472,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let known: Vec<&str> = GROUPS.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+    if let Some(bad) = a.only.iter().find(|o| !known.contains(&o.as_str())) {
+        anyhow::bail!(
+            "bench --only: unknown figure {bad:?}; known figures: {}",
+            known.join(", ")
+        );
+    }
     let dev = crate::model::device::parse_device(&a.device)?;
     let rounds = a.rounds.max(1);
     let mut all_rounds = Vec::with_capacity(rounds);
@@ -440,17 +486,42 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if rounds > 1 {
             eprintln!("round {}/{rounds}", r + 1);
         }
-        let ours = ours(a.quick, a.part, &dev)?;
-        let (t_nchw, t_cl) = if a.no_torch {
-            (None, None)
-        } else {
-            eprintln!("PyTorch reference (NCHW, then channels_last)...");
-            (
-                torch(&a.python, a.quick, false, a.part, &dev),
-                torch(&a.python, a.quick, true, a.part, &dev),
-            )
-        };
-        all_rounds.push((ours, t_nchw, t_cl));
+        let (mut ours_r, mut nchw_r, mut cl_r) = (Map::new(), None, None);
+        // the sides take turns figure by figure (a few seconds to a minute apart), and odd
+        // rounds start with PyTorch, so that neither side keeps the machine's better minutes
+        for (gpart, keys) in GROUPS {
+            if a.part.is_some_and(|p| p != gpart)
+                || !(a.only.is_empty() || keys.iter().any(|k| a.only.iter().any(|o| o == k)))
+            {
+                continue;
+            }
+            let torch_first = r % 2 == 1;
+            let run_torch = |nchw: &mut Option<Map<String, Value>>,
+                             cl: &mut Option<Map<String, Value>>| {
+                if a.no_torch {
+                    return;
+                }
+                eprintln!(
+                    "PyTorch reference ({}): NCHW, then channels_last...",
+                    keys.join(", ")
+                );
+                for (layout, slot) in [(false, nchw), (true, cl)] {
+                    if let Some(t) =
+                        torch(&a.python, a.quick, layout, Some(gpart), Some(keys), &dev)
+                    {
+                        slot.get_or_insert_with(Map::new).extend(t);
+                    }
+                }
+            };
+            if torch_first {
+                run_torch(&mut nchw_r, &mut cl_r);
+            }
+            ours_r.extend(ours(a.quick, Some(gpart), Some(keys), &dev)?);
+            if !torch_first {
+                run_torch(&mut nchw_r, &mut cl_r);
+            }
+        }
+        all_rounds.push((ours_r, nchw_r, cl_r));
     }
     let (ours, t_nchw, t_cl) = all_rounds[0].clone();
     let rows = [
