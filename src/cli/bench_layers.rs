@@ -94,7 +94,7 @@ fn vae_layers(c: usize) -> Vec<Layer> {
 }
 
 fn median_ms(repeats: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
-    Ok(1e3 * super::bench::time_median(repeats.max(1), 1, f)?)
+    Ok(1e3 * super::bench_ours::time_median(repeats.max(1), 1, f)?)
 }
 
 /// Prints a table: per layer, forward ms, forward + backward ms, and GFLOP/s of the pair.

@@ -4,6 +4,7 @@ pub mod analysis;
 pub mod bar;
 pub mod bench;
 pub mod bench_layers;
+pub mod bench_ours;
 pub mod bench_scale;
 pub mod bench_scatter;
 pub mod codes;
