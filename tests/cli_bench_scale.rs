@@ -31,6 +31,23 @@ fn run_scale(cache: &Path, out: &Path, model: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("scale.json")).unwrap()).unwrap()
 }
 
+/// Runs `latent-atlas bench ARGS --json JSON`, asserts it succeeded, returns its stdout.
+fn bench_ok(args: &[&str], json: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn scale_bench_generates_encodes_and_reports() {
     let tmp = tempfile::tempdir().unwrap();
@@ -84,26 +101,17 @@ fn scale_bench_generates_encodes_and_reports() {
 fn scatter_bench_reports_projection_pick_and_frames() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("scatter.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
-        .args([
-            "bench",
+    let stdout = bench_ok(
+        &[
             "--scatter",
             "3000",
             "--scatter-frames",
             "4",
             "--scatter-size",
             "96x64",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &json,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| scatter, 3000 points |"), "{stdout}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["points"], 3000);
@@ -126,24 +134,7 @@ fn scatter_bench_reports_projection_pick_and_frames() {
 fn bench_only_measures_the_named_figures_and_rejects_unknown_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("fits.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
-        .args([
-            "bench",
-            "--no-torch",
-            "--quick",
-            "--only",
-            "lstsq_150_ms",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = bench_ok(&["--no-torch", "--quick", "--only", "lstsq_150_ms"], &json);
     assert!(
         stdout.contains("| lstsq 150 x 64 -> 150 (ms) |"),
         "{stdout}"
