@@ -75,7 +75,8 @@ pub(crate) fn rows_lane_sum<'a>(
 
 /// f32 lanes of the per-channel sums: four AVX2 vectors, four independent add chains (with
 /// one, eight lanes, the sums were latency-bound: the batch statistics of a 16-channel 64x64
-/// layer at batch 64 took 1.04-1.29 ms in two passes, 0.55-0.78 ms in one pass on 32 lanes).
+/// layer at batch 64 took 1.19-1.44 ms in one pass on eight lanes, 0.70-1.29 ms in two
+/// passes, 0.55-0.78 ms in one pass on 32 lanes; paired runs, README session 12).
 pub(crate) const LANES: usize = 32;
 
 /// Channel `ch`'s pixel rows of `v` (`[b, c, hw]`), image after image.
