@@ -12,7 +12,7 @@ use super::channel_op::{
     bchw, channel_rows, channel_vector, fill_rows, fusable_slope, map_rows, rows_lane_sum, LANES,
 };
 
-/// Per channel `(mean, 1 / sqrt(var + eps))`, biased variance, two passes in f64.
+/// Per channel `(mean, 1 / sqrt(var + eps))`, biased variance, from [`mean_var`].
 fn stats(x: &[f32], b: usize, c: usize, hw: usize, eps: f32) -> Vec<(f32, f32)> {
     mean_var(x, b, c, hw)
         .into_iter()
@@ -37,7 +37,9 @@ fn mean_var(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
                 .unwrap_or(0.0);
             let (s1, s2) = shifted_sums(channel_rows(x, b, c, hw, ch), shift);
             let d = s1 / n;
-            (f64::from(shift) + d, (s2 / n - d * d).max(0.0))
+            // rounding can leave a constant channel's variance a hair below zero; a NaN stays
+            let var = s2 / n - d * d;
+            (f64::from(shift) + d, if var < 0.0 { 0.0 } else { var })
         })
         .collect()
 }
@@ -62,7 +64,7 @@ fn shifted_sums<'a>(rows: impl Iterator<Item = &'a [f32]>, shift: f32) -> (f64, 
                 *q += d * d;
             }
         }
-        // rows shorter than the lanes (4x4 and 8x8 maps) in eights, then one at a time
+        // what is left of a row (all of a 4x4 map's 16 values) in eights, then one at a time
         let mut eights = chunks.remainder().chunks_exact(8);
         for xs in &mut eights {
             for ((a, q), &v) in l1.iter_mut().zip(l2.iter_mut()).zip(xs) {
@@ -327,7 +329,7 @@ fn leaky_grad_sums<'a>(
                     *m += p * (v - mean);
                 }
             }
-            // blocks shorter than the lanes (4x4 and 8x8 rows) in eights
+            // what is left of a block (all of a 4x4 map's 16 values) in eights
             let (mut ge, mut xe) = (
                 gc.remainder().chunks_exact(8),
                 xc.remainder().chunks_exact(8),
