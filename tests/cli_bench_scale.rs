@@ -9,43 +9,42 @@ use candle_core::Device;
 use latent_atlas::model::{save_model, Family, Model, ModelConfig};
 
 fn run_scale(cache: &Path, out: &Path, model: &Path) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
-        .args(["bench", "--scale", "40", "--scale-batch", "16"])
-        .arg("--scale-model")
-        .arg(model)
-        .arg("--scale-out")
-        .arg(out)
-        .env("LATENT_ATLAS_CACHE", cache)
-        .env("LATENT_ATLAS_MAX_IN_MEMORY_MB", "0")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeed(
+        Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+            .args(["bench", "--scale", "40", "--scale-batch", "16"])
+            .arg("--scale-model")
+            .arg(model)
+            .arg("--scale-out")
+            .arg(out)
+            .env("LATENT_ATLAS_CACHE", cache)
+            .env("LATENT_ATLAS_MAX_IN_MEMORY_MB", "0"),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("# Scale run: 40 images"), "{stdout}");
     let md = std::fs::read_to_string(out.join("scale.md")).unwrap();
     assert_eq!(md, stdout);
     serde_json::from_slice(&std::fs::read(out.join("scale.json")).unwrap()).unwrap()
 }
 
-/// Runs `latent-atlas bench ARGS --json JSON`, asserts it succeeded, returns its stdout.
-fn bench_ok(args: &[&str], json: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .arg(json)
-        .output()
-        .unwrap();
+/// Runs `cmd`, asserts it succeeded (its stderr otherwise), returns its stdout.
+fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "bench {args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `latent-atlas bench ARGS --json JSON`, asserts it succeeded, returns its stdout.
+fn bench_ok(args: &[&str], json: &Path) -> String {
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_latent-atlas"))
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .arg(json),
+    )
 }
 
 #[test]
