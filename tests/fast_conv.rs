@@ -523,7 +523,7 @@ fn frozen_discriminator_passes_the_same_input_gradient_and_no_weight_gradients()
     // nudge the zero-initialised biases and batch-norm shifts so that they matter
     for (i, v) in vm.all_vars().iter().enumerate() {
         let noise = rand(v.dims(), 100 + i as u64).affine(0.05, 0.0).unwrap();
-        v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        latent_atlas::model::weights::assign(v, &(v.as_tensor() + noise).unwrap()).unwrap();
     }
     let x = Var::from_tensor(&rand(&[4, 3, 64, 64], 7)).unwrap();
     let live = disc.forward(x.as_tensor()).unwrap();

@@ -46,8 +46,11 @@ fn flow() -> Model {
         let v: Vec<f32> = (0..var.elem_count())
             .map(|_| rng.random_range(-scale..scale))
             .collect();
-        var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
-            .unwrap();
+        latent_atlas::model::weights::assign(
+            var,
+            &Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
     }
     drop(data);
     model

@@ -41,8 +41,11 @@ fn randomise(varmap: &VarMap, seed: u64) {
         } else {
             continue;
         };
-        var.set(&uniform(var.dims(), -scale, scale, seed * 1000 + i as u64))
-            .unwrap();
+        latent_atlas::model::weights::assign(
+            var,
+            &uniform(var.dims(), -scale, scale, seed * 1000 + i as u64),
+        )
+        .unwrap();
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use common::{max_abs_diff, seeded as rand};
 
 use candle_core::Device;
-use latent_atlas::model::conv::{conv_stack_leaky, deconv_stack_leaky, ConvGeom};
+use latent_atlas::model::conv::{conv_stack_leaky, deconv_stack_leaky, ConvGeom, StackCache};
 use latent_atlas::model::vae::ConvEncoder;
 
 #[test]
@@ -26,11 +26,17 @@ fn nchw_inference_paths_match_training_forward() {
     let w = rand(&[16, 3, 4, 4], 70);
     let b = rand(&[16], 71);
     let x = rand(&[2, 3, 16, 16], 72);
-    assert!(conv_stack_leaky(&x, &[(&w, &b, g)], 0.2).unwrap().is_none());
+    assert!(
+        conv_stack_leaky(&x, &[(&w, &b, g)], 0.2, &StackCache::default())
+            .unwrap()
+            .is_none()
+    );
     let wt = rand(&[3, 16, 4, 4], 74);
-    assert!(deconv_stack_leaky(&x, &[(&wt, None, &b)], 0.2)
-        .unwrap()
-        .is_none());
+    assert!(
+        deconv_stack_leaky(&x, &[(&wt, None, &b)], 0.2, &StackCache::default())
+            .unwrap()
+            .is_none()
+    );
 
     let varmap = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);

@@ -135,7 +135,7 @@ fn gan_and_recoder_train() {
     // that, like a trained generator, its output depends strongly on z
     for (name, var) in fresh.varmap.data().lock().unwrap().iter() {
         if name.starts_with("gen.") && var.dims().len() > 1 {
-            var.set(&(var.as_tensor() * 2.2).unwrap()).unwrap();
+            latent_atlas::model::weights::assign(var, &(var.as_tensor() * 2.2).unwrap()).unwrap();
         }
     }
     let fresh_dir = tempfile::tempdir().unwrap();

@@ -99,7 +99,7 @@ impl Adam {
                         w[j] -= lr_t * m[j] / (v[j].sqrt() + eps);
                     }
                 });
-            var.set(&Tensor::from_vec(w, var.dims(), var.device())?)?;
+            crate::model::weights::assign(var, &Tensor::from_vec(w, var.dims(), var.device())?)?;
         }
         Ok(())
     }

@@ -240,7 +240,7 @@ impl Flow {
                     || name.ends_with(".mix.u")
                     || name.ends_with(".nn.c3.weight"))
             {
-                var.set(&var.as_tensor().zeros_like()?)?;
+                crate::model::weights::assign(var, &var.as_tensor().zeros_like()?)?;
             }
         }
         Ok(())

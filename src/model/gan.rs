@@ -12,9 +12,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::conv::ConvGeom;
 use super::layers::{linear, BatchNorm, Conv, ConvT};
-use super::vae::{decoder_widths, upsampling_stack, ConvEncoder};
+use super::vae::{decoder_widths, upsampling_stack, ConvEncoder, TRANSPOSED_4X4};
 
 /// A conv stack and a dense head: the recoder (`rec.*`).
 #[derive(Clone, Debug)]
@@ -91,13 +90,6 @@ impl Discriminator {
     }
 }
 
-/// The transposed convolutions' geometry.
-const TRANSPOSED_4X4: ConvGeom = ConvGeom {
-    kernel: 4,
-    stride: 2,
-    padding: 1,
-};
-
 /// The generator `gen.*`: `fc`, batch norm `n0`, transposed convs `t0..t3` each followed by
 /// batch norm `n1..n4`, leaky ReLU, and the output conv `out` with a sigmoid.
 #[derive(Clone, Debug)]
@@ -107,6 +99,9 @@ pub struct Generator {
     norms: Vec<BatchNorm>,
     out: Conv,
     c: usize,
+    /// The channels-last stack's packed weights (batch norms folded), kept between
+    /// inference calls.
+    packed: super::conv::StackCache,
 }
 
 /// How the generator's batch norms normalise.
@@ -138,6 +133,7 @@ impl Generator {
             norms,
             out,
             c,
+            packed: Default::default(),
         })
     }
 
@@ -191,14 +187,11 @@ impl Generator {
             affine.push((w.clone(), scale, shift));
         }
         let layers: Vec<_> = affine.iter().map(|(w, s, t)| (w, Some(s), t)).collect();
-        let stack = if super::conv::stack_pays_off(n) {
-            super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE)?
-        } else {
-            None
-        };
+        let stack =
+            super::conv::deconv_stack_leaky(&h, &layers, super::layers::LEAKY_SLOPE, &self.packed)?;
         let h = match stack {
             Some(h) => h,
-            // NCHW (no AVX2, not the CPU, or fewer images than threads): each batch norm
+            // NCHW (no AVX2 + FMA, or not the CPU): each batch norm
             // folded into its transposed conv, the scale into the weights and the shift as a
             // bias that the kernel's epilogue adds with the leaky ReLU, instead of a separate
             // pass over each output

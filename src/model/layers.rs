@@ -231,7 +231,7 @@ impl BatchNorm {
         for (suffix, value) in [("running_mean", mean), ("running_var", var)] {
             let key = format!("{}.{suffix}", self.name);
             match data.get(&key) {
-                Some(v) => v.set(&value.detach().to_dtype(v.dtype())?)?,
+                Some(v) => crate::model::weights::assign(v, &value.detach().to_dtype(v.dtype())?)?,
                 None => candle_core::bail!("no variable {key} in the model"),
             }
         }

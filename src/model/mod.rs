@@ -20,6 +20,7 @@ pub mod style;
 pub mod svae;
 pub mod train;
 pub mod vae;
+pub mod weights;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -346,9 +347,13 @@ impl LatentModel for Model {
         check_codes(codes, self.config.latent_dim)?;
         let codes = codes.to_device(&self.device)?;
         Ok(match &self.net {
-            Net::Vae(m) => m.decode(&codes)?,
+            // codes that carry a gradient (a Var, or computed from one) take the
+            // differentiable layers; the rest the inference paths (channels-last, detached)
+            Net::Vae(m) if codes.track_op() => m.decode(&codes)?,
+            Net::Vae(m) => m.decode_inference(&codes)?,
             Net::Svae(m) => m.decode(&codes)?,
-            Net::Gan(m) => m.generate(&codes)?,
+            Net::Gan(m) if codes.track_op() => m.generate(&codes)?,
+            Net::Gan(m) => m.generate_inference(&codes)?,
             Net::Refdcgan(m) => m.generate(&codes)?,
             Net::Flow(m) => m.decode(&codes)?,
             Net::Style(m) => m.decode(&codes, self.style_view())?,

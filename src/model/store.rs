@@ -54,7 +54,7 @@ pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
                 let bound = (6.0 / fan_in as f32).sqrt() * 0.5;
                 (0..n).map(|_| rng.random_range(-bound..bound)).collect()
             };
-        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+        crate::model::weights::assign(var, &Tensor::from_vec(values, dims, var.device())?)?;
     }
     Ok(())
 }
@@ -101,7 +101,7 @@ pub fn assign_checked(
             )));
         }
         if t.id() != var.as_tensor().id() {
-            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
+            crate::model::weights::assign(var, &t.to_dtype(DType::F32)?.to_device(var.device())?)?;
         }
     }
     let mut extra: Vec<&String> = tensors

@@ -16,6 +16,8 @@ use super::layers::{leaky, linear, Conv, ConvT};
 #[derive(Clone, Debug)]
 pub struct ConvEncoder {
     convs: Vec<Conv>,
+    /// The channels-last stack's packed weights, kept between inference calls.
+    packed: super::conv::StackCache,
 }
 
 impl ConvEncoder {
@@ -25,7 +27,10 @@ impl ConvEncoder {
         let convs = (0..4)
             .map(|i| Conv::new(vb.pp(format!("c{i}")), widths[i], widths[i + 1], 4, 2, 1))
             .collect::<Result<_>>()?;
-        Ok(Self { convs })
+        Ok(Self {
+            convs,
+            packed: Default::default(),
+        })
     }
     /// Number of output features for base width `c`.
     pub fn features(c: usize) -> usize {
@@ -40,15 +45,11 @@ impl ConvEncoder {
         h.flatten_from(1)
     }
     /// [`Self::forward`] at inference: the same values (to rounding) through the
-    /// channels-last stack of `conv/nhwc.rs` where it applies and pays off
-    /// ([`super::conv::stack_pays_off`]), else through `forward`,
+    /// channels-last stack of `conv/nhwc.rs` where it applies, else through `forward`,
     /// detached either way (no gradient reaches the weights).
     pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
-        if !super::conv::stack_pays_off(x.dim(0)?) {
-            return Ok(self.forward(x)?.detach());
-        }
         let parts: Vec<_> = self.convs.iter().map(Conv::parts).collect();
-        match super::conv::conv_stack_leaky(x, &parts, super::layers::LEAKY_SLOPE)? {
+        match super::conv::conv_stack_leaky(x, &parts, super::layers::LEAKY_SLOPE, &self.packed)? {
             Some(h) => Ok(h),
             None => Ok(self.forward(x)?.detach()),
         }
@@ -63,6 +64,8 @@ pub struct ConvDecoder {
     ups: Vec<ConvT>,
     out: Conv,
     c: usize,
+    /// The channels-last stack's packed weights, kept between inference calls.
+    packed: super::conv::StackCache,
 }
 
 /// Channel widths of the decoder / generator stages: `8c` at 4x4 down to `c/2` at 64x64.
@@ -81,13 +84,11 @@ pub(crate) fn upsampling_stack(
 ) -> Result<(candle_nn::Linear, Vec<ConvT>)> {
     let dense = linear(vb.pp("fc"), d, 8 * c * 16)?;
     let widths = decoder_widths(c);
-    let g = ConvGeom {
-        kernel: 4,
-        stride: 2,
-        padding: 1,
-    };
     let ups = (0..4)
-        .map(|i| ConvT::new(vb.pp(format!("t{i}")), widths[i], widths[i + 1], g, bias))
+        .map(|i| {
+            let (ci, co) = (widths[i], widths[i + 1]);
+            ConvT::new(vb.pp(format!("t{i}")), ci, co, TRANSPOSED_4X4, bias)
+        })
         .collect::<Result<_>>()?;
     Ok((dense, ups))
 }
@@ -97,7 +98,13 @@ impl ConvDecoder {
     pub fn new(vb: VarBuilder, latent_dim: usize, c: usize, out_channels: usize) -> Result<Self> {
         let (dense, ups) = upsampling_stack(&vb, latent_dim, c, true)?;
         let out = Conv::new(vb.pp("out"), c / 2, out_channels, 3, 1, 1)?;
-        Ok(Self { dense, ups, out, c })
+        Ok(Self {
+            dense,
+            ups,
+            out,
+            c,
+            packed: Default::default(),
+        })
     }
     /// `[n, d]` → raw output-conv logits `[n, out_channels, 64, 64]`.
     pub fn logits(&self, z: &Tensor) -> Result<Tensor> {
@@ -112,7 +119,37 @@ impl ConvDecoder {
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         super::activation::sigmoid(&self.logits(z)?)
     }
+    /// [`Self::forward`] at inference: the same values (to rounding) with the transposed
+    /// convs on the channels-last stack of `conv/nhwc.rs` where it applies (else through
+    /// `forward`), detached either way (no gradient reaches the weights or `z`).
+    pub fn forward_inference(&self, z: &Tensor) -> Result<Tensor> {
+        let n = z.dim(0)?;
+        let mut layers = Vec::with_capacity(self.ups.len());
+        for up in &self.ups {
+            match up.parts() {
+                (w, Some(b), g) if g == TRANSPOSED_4X4 => layers.push((w, None, b)),
+                _ => return Ok(self.forward(z)?.detach()),
+            }
+        }
+        let h = leaky(&self.dense.forward(&z.detach())?)?.reshape((n, 8 * self.c, 4, 4))?;
+        match super::conv::deconv_stack_leaky(
+            &h,
+            &layers,
+            super::layers::LEAKY_SLOPE,
+            &self.packed,
+        )? {
+            Some(h) => Ok(super::activation::sigmoid(&self.out.forward(&h)?)?.detach()),
+            None => Ok(self.forward(z)?.detach()),
+        }
+    }
 }
+
+/// The decoders' and generators' transposed convolutions: 4x4, stride 2, padding 1.
+pub(crate) const TRANSPOSED_4X4: ConvGeom = ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
 
 /// Vanilla VAE: `enc.*` (conv stack, `mean`, `logvar`) and `dec.*`.
 #[derive(Clone, Debug)]
@@ -151,5 +188,9 @@ impl Vae {
     /// `[n, d]` → `[n, 3, 64, 64]` in [0, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         self.dec.forward(z)
+    }
+    /// [`Self::decode`] at inference (through [`ConvDecoder::forward_inference`]; detached).
+    pub fn decode_inference(&self, z: &Tensor) -> Result<Tensor> {
+        self.dec.forward_inference(z)
     }
 }

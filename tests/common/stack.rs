@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 use latent_atlas::model::activation::leaky_relu;
-use latent_atlas::model::conv::{conv_stack_leaky, deconv_stack_leaky, ConvGeom};
+use latent_atlas::model::conv::{conv_stack_leaky, deconv_stack_leaky, ConvGeom, StackCache};
 
 use super::{max_abs_diff, seeded as rand};
 
@@ -85,9 +85,15 @@ pub fn check_conv_stack() {
         let x = rand(&[b, c, side, side], 100 + i as u64);
         let ls = layers(c, &spec, 200 + 10 * i as u64);
         let parts: Vec<_> = ls.iter().map(|(w, b, g)| (w, b, *g)).collect();
-        let ours = conv_stack_leaky(&x, &parts, slope)
+        let cache = StackCache::default();
+        let ours = conv_stack_leaky(&x, &parts, slope, &cache)
             .unwrap()
             .unwrap_or_else(|| panic!("case {i}: the stack should apply"));
+        assert!(cache.is_held(), "case {i}: the packed stack is kept");
+        let again = conv_stack_leaky(&x, &parts, slope, &cache)
+            .unwrap()
+            .unwrap();
+        assert_eq!(max_abs_diff(&ours, &again), 0.0, "case {i}: from the cache");
         let want = native(&x, &ls, slope);
         let scale = want.abs().unwrap().max_keepdim(1).unwrap().max(0).unwrap();
         let scale: f32 = scale.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
@@ -124,9 +130,28 @@ pub fn check_deconv_stack() {
             ci = co;
         }
         let parts: Vec<_> = layers.iter().map(|(w, s, t)| (w, s.as_ref(), t)).collect();
-        let ours = deconv_stack_leaky(&x, &parts, 0.2)
+        let cache = StackCache::default();
+        let ours = deconv_stack_leaky(&x, &parts, 0.2, &cache)
             .unwrap()
             .unwrap_or_else(|| panic!("case {i}: the transposed stack should apply"));
+        // the same weights with other shifts (new tensors, compared by value): packed anew
+        let shifted: Vec<Tensor> = layers.iter().map(|(_, _, t)| (t + 0.5).unwrap()).collect();
+        let parts2: Vec<_> = layers
+            .iter()
+            .zip(&shifted)
+            .map(|((w, s, _), t)| (w, s.as_ref(), t))
+            .collect();
+        let moved = deconv_stack_leaky(&x, &parts2, 0.2, &cache)
+            .unwrap()
+            .unwrap();
+        let fresh = deconv_stack_leaky(&x, &parts2, 0.2, &StackCache::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(max_abs_diff(&moved, &fresh), 0.0, "case {i}: stale shifts");
+        assert!(
+            max_abs_diff(&moved, &ours) > 1e-3,
+            "case {i}: shifts ignored"
+        );
         let mut want = x.clone();
         for (wt, scale, shift) in &layers {
             let mut y = want.conv_transpose2d(wt, 1, 0, 2, 1).unwrap();
@@ -158,6 +183,12 @@ pub fn check_generator_inference(what: &str) {
         false,
     )
     .unwrap();
+    let Net::Gan(gan) = &model.net else {
+        panic!("a GAN model holds a GAN network")
+    };
+    let z = rand(&[5, 16], 77);
+    // packs the initial weights: the writes below must make the stack pack them again
+    let initial = gan.generate_inference(&z).unwrap();
     for (name, var) in model.varmap.data().lock().unwrap().iter() {
         let t = var.as_tensor();
         let seed = name.len() as u64 * 13 + t.elem_count() as u64;
@@ -169,15 +200,14 @@ pub fn check_generator_inference(what: &str) {
         } else if name.contains(".n") && name.ends_with(".weight") {
             // batch-norm scales of both signs and away from 1
             rand(t.dims(), seed).affine(2.0, 0.3)
+        } else if name.contains(".t") && name.ends_with(".weight") {
+            // transposed-conv weights rewritten in place (the same tensor ids)
+            t.affine(1.3, 0.0)
         } else {
             continue;
         };
-        var.set(&value.unwrap()).unwrap();
+        latent_atlas::model::weights::assign(var, &value.unwrap()).unwrap();
     }
-    let Net::Gan(gan) = &model.net else {
-        panic!("a GAN model holds a GAN network")
-    };
-    let z = rand(&[5, 16], 77);
     let (a, b) = (
         gan.generate(&z).unwrap(),
         gan.generate_inference(&z).unwrap(),
@@ -193,5 +223,9 @@ pub fn check_generator_inference(what: &str) {
     assert!(
         spread > 0.05,
         "degenerate generator output (spread {spread})"
+    );
+    assert!(
+        max_abs_diff(&initial, &b) > 1e-3,
+        "generator: {what} inference kept the weights from before they were written"
     );
 }

@@ -15,7 +15,14 @@
 //!   the next layer's input, inside that layer's border.
 //!
 //! Each thread runs a few images through the whole stack, so the activations stay in its L2.
-//! The last layer's output is transposed back to NCHW order (flattened for `stack_forward`).
+//! A batch smaller than the thread count (a batch-1 decode in the explorer) instead shares
+//! each layer's tiles among the threads, all layers in one parallel region
+//! (`Stack::layers_shared`). The last layer's output is transposed back to NCHW order
+//! (flattened for `stack_forward`).
+//!
+//! The packed weights are kept between calls in the model's [`super::StackCache`]: packing
+//! costs more than a batch-1 pass (2-5 ms for a generator, mostly page faults on the fresh
+//! buffers).
 //!
 //! Two micro-kernels (`nhwc/tiles.rs`): AVX-512F (8 pixels x 16 or 32 channels in zmm
 //! accumulators) and, on CPUs without it, AVX2 + FMA (6 pixels x 16 channels in ymm ones, a
@@ -27,6 +34,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::ConvGeom;
 
@@ -92,10 +100,22 @@ pub fn stack_kernel() -> Option<&'static str> {
     })
 }
 
+/// A stack's layers packed for the tile: built once per weights (see
+/// [`super::StackCache`]), shared by the calls.
+#[derive(Debug)]
+pub(super) struct Packed(Vec<Layer>);
+
+impl std::ops::Deref for Packed {
+    type Target = [Layer];
+    fn deref(&self) -> &[Layer] {
+        &self.0
+    }
+}
+
 /// One layer: weights packed `[block][kh][kw][ci][16·nz]`, one block per 16·`nz` output
 /// channels.
 #[derive(Debug)]
-struct Layer {
+pub(super) struct Layer {
     c_in: usize,
     c_out: usize,
     geom: ConvGeom,
@@ -211,7 +231,7 @@ fn sides(layers: &[Layer], h: usize, w: usize) -> Vec<(usize, usize)> {
 
 /// The candle op: `[B, C0, H, W]` → `[B, C·Ho·Wo]` (NCHW flatten order).
 struct Stack {
-    layers: Vec<Layer>,
+    layers: Arc<Packed>,
     slope: f32,
     isa: Isa,
 }
@@ -255,15 +275,21 @@ impl CustomOp1 for Stack {
         }
         let feat = last.c_out * ho * wo;
         let mut y = vec![0f32; b * feat];
-        if b > 0 {
-            let nb = group(&self.layers, &sides, b, super::kernels::threads());
+        let threads = super::kernels::threads();
+        if b > 0 && b < threads {
+            // fewer images than threads (a batch-1 decode): one group, each layer's tiles
+            // shared out among the threads
+            let mut sc = Scratch::new(&self.layers, &sides, b);
+            self.run_group(&mut sc, &sides, x, b, &mut y, threads);
+        } else if b > 0 {
+            let nb = group(&self.layers, &sides, b, threads);
             y.par_chunks_mut(nb * feat).enumerate().for_each_init(
                 || Scratch::new(&self.layers, &sides, nb),
                 |sc, (gi, out)| {
                     let cnt = out.len() / feat;
                     let img = c * h * w;
                     let xs = &x[gi * nb * img..(gi * nb + cnt) * img];
-                    self.run_group(sc, &sides, xs, cnt, out);
+                    self.run_group(sc, &sides, xs, cnt, out, 1);
                 },
             );
         }
@@ -295,7 +321,8 @@ impl Scratch {
 }
 
 impl Stack {
-    /// The stack for `cnt` images `xs` (NCHW) into `out` (`[cnt][C·Ho·Wo]`).
+    /// The stack for `cnt` images `xs` (NCHW) into `out` (`[cnt][C·Ho·Wo]`), each layer's
+    /// tiles in `parts` shares run in parallel (1: all on this thread).
     fn run_group(
         &self,
         sc: &mut Scratch,
@@ -303,6 +330,7 @@ impl Stack {
         xs: &[f32],
         cnt: usize,
         out: &mut [f32],
+        parts: usize,
     ) {
         let first = &self.layers[0];
         let (h, w) = sides[0];
@@ -321,10 +349,16 @@ impl Stack {
                 }
             }
         }
-        for (li, layer) in self.layers.iter().enumerate() {
-            let (src, dst) = sc.bufs.split_at_mut(li + 1);
-            let pn = self.layers.get(li + 1).map_or(0, |n| n.geom.padding);
-            self.layer(layer, sides[li], &src[li], &mut dst[0], pn, cnt);
+        if parts <= 1 {
+            for (li, layer) in self.layers.iter().enumerate() {
+                let (src, dst) = sc.bufs.split_at_mut(li + 1);
+                let pn = self.layers.get(li + 1).map_or(0, |n| n.geom.padding);
+                let dst = Dst(dst[0].as_mut_ptr(), dst[0].len());
+                let n = self.items(layer, sides[li], cnt);
+                self.layer(layer, sides[li], &src[li], dst, pn, cnt, 0..n);
+            }
+        } else {
+            self.layers_shared(sc, sides, cnt, parts);
         }
         // [n][Ho][Wo][C] → [n][C][Ho][Wo]
         let last = &self.layers[self.layers.len() - 1];
@@ -343,16 +377,101 @@ impl Stack {
         }
     }
 
-    /// One layer on `cnt` images: `src` its padded input, `dst` its output inside a border
-    /// of `pn`.
+    /// Every layer on `cnt` images, the threads sharing each layer's items in one parallel
+    /// region: `parts` tasks claim chunks of items from a counter per layer and count them
+    /// done; a task starts on a layer once the previous one's items are all done. A task
+    /// only ever waits for items another running task has claimed (claimed items finish
+    /// without waiting on anything), so a task that starts late, or never runs beside the
+    /// others, cannot stall the stack: it finds the items taken or takes them itself. One
+    /// region instead of one per layer spares the wake-ups of the sleeping pool threads (on
+    /// 2 cores, tens of microseconds each: a batch-1 decode is ~0.5 ms of arithmetic).
+    fn layers_shared(&self, sc: &mut Scratch, sides: &[(usize, usize)], cnt: usize, parts: usize) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let layers = &self.layers[..];
+        let n: Vec<usize> = layers
+            .iter()
+            .zip(sides)
+            .map(|(l, s)| self.items(l, *s, cnt))
+            .collect();
+        // about four chunks per task and layer: the shares even out, and each chunk runs
+        // consecutive tiles of one weight block
+        let chunk: Vec<usize> = n.iter().map(|&k| (k / (4 * parts)).max(1)).collect();
+        let claimed: Vec<AtomicUsize> = n.iter().map(|_| AtomicUsize::new(0)).collect();
+        let done: Vec<AtomicUsize> = n.iter().map(|_| AtomicUsize::new(0)).collect();
+        let failed = AtomicBool::new(false);
+        let bufs: Vec<Dst> = sc
+            .bufs
+            .iter_mut()
+            .map(|b| Dst(b.as_mut_ptr(), b.len()))
+            .collect();
+        (0..parts).into_par_iter().for_each(|_| {
+            // a panicking task marks the stack failed, so that the others stop waiting
+            struct Flag<'a>(&'a AtomicBool);
+            impl Drop for Flag<'_> {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+            }
+            let _flag = Flag(&failed);
+            for (li, layer) in layers.iter().enumerate() {
+                if li > 0 {
+                    let mut spins = 0u32;
+                    while done[li - 1].load(Ordering::Acquire) < n[li - 1] {
+                        if failed.load(Ordering::Acquire) {
+                            return;
+                        }
+                        spins += 1;
+                        if spins.is_multiple_of(64) {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+                let pn = layers.get(li + 1).map_or(0, |l| l.geom.padding);
+                // SAFETY: layer li's input is complete (all of layer li - 1's items are
+                // done, with release ordering) and no task writes it any more
+                let src = unsafe { std::slice::from_raw_parts(bufs[li].0, bufs[li].1) };
+                loop {
+                    let i = claimed[li].fetch_add(chunk[li], Ordering::Relaxed);
+                    if i >= n[li] {
+                        break;
+                    }
+                    let e = (i + chunk[li]).min(n[li]);
+                    self.layer(layer, sides[li], src, bufs[li + 1], pn, cnt, i..e);
+                    done[li].fetch_add(e - i, Ordering::Release);
+                }
+            }
+        });
+    }
+
+    /// Work items of a layer on `cnt` images: (phase, channel block, tile of output pixels),
+    /// phase-major.
+    fn items(&self, layer: &Layer, (h, w): (usize, usize), cnt: usize) -> usize {
+        let (phases, (gh, gw)) = if layer.transposed {
+            (4, (h, w))
+        } else {
+            (1, layer.out_sides((h, w)))
+        };
+        let blocks = layer.c_out / (16 * layer.nz);
+        phases * blocks * (cnt * gh * gw).div_ceil(self.isa.pixels())
+    }
+
+    /// Items `items` (of [`Self::items`]) of one layer on `cnt` images: `src` its padded
+    /// input, `dst` its output inside a border of `pn`. Items write disjoint outputs: threads
+    /// may run disjoint ranges of them on the same `dst` at once.
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         layer: &Layer,
         (h, w): (usize, usize),
         src: &[f32],
-        dst: &mut [f32],
+        dst: Dst,
         pn: usize,
         cnt: usize,
+        items: std::ops::Range<usize>,
     ) {
         let g = layer.geom;
         let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
@@ -360,8 +479,8 @@ impl Stack {
         let (hq, wq) = (ho + 2 * pn, wo + 2 * pn);
         let (ci, co) = (layer.c_in, layer.c_out);
         let width = 16 * layer.nz;
-        debug_assert!(src.len() >= cnt * hp * wp * ci && dst.len() >= cnt * hq * wq * co);
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        debug_assert!(src.len() >= cnt * hp * wp * ci && dst.1 >= cnt * hq * wq * co);
+        let (sp, dp) = (src.as_ptr(), dst.0);
         // (phase, kernel rows of the window, its grid): a convolution is one phase over the
         // output grid; a transposed one four 2x2 phases, each over the input grid
         let (phases, k, (gh, gw)) = if layer.transposed {
@@ -372,6 +491,8 @@ impl Stack {
         let steps = k * k * ci;
         let pixels = cnt * gh * gw;
         let mp = self.isa.pixels();
+        let tiles = pixels.div_ceil(mp);
+        let blocks = co / width;
         for (phase, wph) in layer
             .packed
             .chunks_exact(co * steps)
@@ -380,10 +501,20 @@ impl Stack {
         {
             let (py, px) = (phase / 2, phase % 2);
             for (blk, wb) in wph.chunks_exact(steps * width).enumerate() {
+                // this (phase, block)'s tiles within the range
+                let first = (phase * blocks + blk) * tiles;
+                let (lo, hi) = (
+                    items.start.clamp(first, first + tiles) - first,
+                    items.end.clamp(first, first + tiles) - first,
+                );
+                if lo >= hi {
+                    continue;
+                }
                 let bias = &layer.bias[blk * width..][..width];
                 // grid position of the tile's first pixel, advanced without divisions
-                let (mut ci0, mut cy, mut cx) = (0usize, 0usize, 0usize);
-                for t0 in (0..pixels).step_by(mp) {
+                let p0 = lo * mp;
+                let (mut ci0, mut cy, mut cx) = (p0 / (gh * gw), p0 % (gh * gw) / gw, p0 % gw);
+                for t0 in (p0..hi * mp).step_by(mp) {
                     let valid = (pixels - t0).min(mp);
                     let mut from = [sp; MP];
                     let mut to = [dp; MP];
@@ -437,6 +568,15 @@ impl Stack {
     }
 }
 
+/// A layer's output buffer (pointer, length) shared by the threads of a split layer
+/// ([`Stack::layer`]): each writes only its own items' pixels.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32, usize);
+// SAFETY: the threads given one `Dst` write disjoint elements and nothing reads them until
+// every thread is done (the parallel loop joins).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
 /// The next pixel of a `gh x gw` grid, row-major, image after image.
 #[inline(always)]
 fn step((gh, gw): (usize, usize), (i, y, x): (&mut usize, &mut usize, &mut usize)) {
@@ -460,12 +600,30 @@ pub fn stack_forward(
     x: &Tensor,
     layers: &[(&Tensor, &Tensor, ConvGeom)],
     slope: f32,
+    cache: &super::StackCache,
 ) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::DType::F32;
     if !eligible(x, layers.len(), slope) {
         return Ok(None);
     }
-    let mut c = x.dims()[1];
+    let key = layers.iter().map(|(w, _, _)| w.id()).collect();
+    let mut small = Vec::new();
+    for (_, b, _) in layers {
+        small.extend(b.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let c_in = x.dims()[1];
+    let Some(packed) = cache.get_or_pack(key, small, || pack_conv(c_in, layers))? else {
+        return Ok(None);
+    };
+    run(x, packed, slope)
+}
+
+/// The layers packed for the tile, or `None` where they do not fit it (see [`stack_forward`]).
+fn pack_conv(
+    c_in: usize,
+    layers: &[(&Tensor, &Tensor, ConvGeom)],
+) -> candle_core::Result<Option<Packed>> {
+    use candle_core::DType::F32;
+    let mut c = c_in;
     let mut packed = Vec::with_capacity(layers.len());
     for (w, b, g) in layers {
         let Ok((co, ci, kh, kw)) = w.dims4() else {
@@ -487,7 +645,7 @@ pub fn stack_forward(
         packed.push(Layer::new(&wv, b.to_vec1()?, co, ci, *g));
         c = co;
     }
-    run(x, packed, slope)
+    Ok(Some(Packed(packed)))
 }
 
 /// Whether a stack of `n` layers can run on `x` at all: a rank-4 f32 CPU tensor, a CPU with
@@ -502,7 +660,7 @@ fn eligible(x: &Tensor, n: usize, slope: f32) -> bool {
 }
 
 /// `x` through the packed layers, or `None` where the sides do not chain.
-fn run(x: &Tensor, packed: Vec<Layer>, slope: f32) -> candle_core::Result<Option<Tensor>> {
+fn run(x: &Tensor, packed: Arc<Packed>, slope: f32) -> candle_core::Result<Option<Tensor>> {
     let (_, _, h, w) = x.dims4()?;
     let s = sides(&packed, h, w);
     let fits = packed.iter().zip(&s).all(|(l, (h, w))| {
@@ -532,12 +690,46 @@ pub fn deconv_stack(
     x: &Tensor,
     layers: &[(&Tensor, Option<&Tensor>, &Tensor)],
     slope: f32,
+    cache: &super::StackCache,
 ) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::DType::F32;
     if !eligible(x, layers.len(), slope) {
         return Ok(None);
     }
-    let mut c = x.dims()[1];
+    let key = layers.iter().map(|(w, _, _)| w.id()).collect();
+    let mut small = Vec::new();
+    for (_, scale, shift) in layers {
+        small.extend(shift.flatten_all()?.to_vec1::<f32>()?);
+        if let Some(s) = scale {
+            small.extend(s.flatten_all()?.to_vec1::<f32>()?);
+        }
+        // a scale present or not: a separator the shift values cannot imitate
+        small.push(if scale.is_some() {
+            f32::INFINITY
+        } else {
+            f32::NEG_INFINITY
+        });
+    }
+    let c_in = x.dims()[1];
+    let Some(packed) = cache.get_or_pack(key, small, || pack_deconv(c_in, layers))? else {
+        return Ok(None);
+    };
+    let c = packed[packed.len() - 1].c_out;
+    let (b, _, h, w) = x.dims4()?;
+    let Some(y) = run(x, packed, slope)? else {
+        return Ok(None);
+    };
+    let (ho, wo) = (h << layers.len(), w << layers.len());
+    Ok(Some(y.reshape((b, c, ho, wo))?))
+}
+
+/// The transposed layers packed for the tile, or `None` where they do not fit it (see
+/// [`deconv_stack`]).
+fn pack_deconv(
+    c_in: usize,
+    layers: &[(&Tensor, Option<&Tensor>, &Tensor)],
+) -> candle_core::Result<Option<Packed>> {
+    use candle_core::DType::F32;
+    let mut c = c_in;
     let mut packed = Vec::with_capacity(layers.len());
     for (w, scale, shift) in layers {
         let Ok((ci, co, kh, kw)) = w.dims4() else {
@@ -566,10 +758,5 @@ pub fn deconv_stack(
         ));
         c = co;
     }
-    let (b, _, h, w) = x.dims4()?;
-    let Some(y) = run(x, packed, slope)? else {
-        return Ok(None);
-    };
-    let (ho, wo) = (h << layers.len(), w << layers.len());
-    Ok(Some(y.reshape((b, c, ho, wo))?))
+    Ok(Some(Packed(packed)))
 }

@@ -46,7 +46,7 @@ impl ActNorm {
             let var = vars.get(&name).ok_or_else(|| {
                 ModelError::BadInput(format!("actnorm variable {name} is missing"))
             })?;
-            var.set(&value.detach())?;
+            crate::model::weights::assign(var, &value.detach())?;
         }
         Ok(())
     }

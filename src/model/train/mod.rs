@@ -209,7 +209,7 @@ fn build_model(opts: &TrainOptions, device: &Device) -> Result<Model> {
                 for (name, var) in vars_with_prefix(&fresh, "rec.")? {
                     let target = vars_with_prefix(&model, &name)?;
                     if let Some((_, t)) = target.iter().find(|(n, _)| *n == name) {
-                        t.set(var.as_tensor())?;
+                        crate::model::weights::assign(t, var.as_tensor())?;
                     }
                 }
             }
