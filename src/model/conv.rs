@@ -418,7 +418,7 @@ pub fn conv2d_bias_leaky(
 /// The packed weights of one model's channels-last stack ([`conv_stack_leaky`],
 /// [`deconv_stack_leaky`]) kept between calls: packing costs 2-5 ms for a generator (as much
 /// as a whole batch-1 decode). An entry is reused while the weight tensors are the same ones
-/// (by id), no variable has been written since ([`crate::model::weights::version`]) and the
+/// (by id), none of them has been written since ([`crate::model::weights::version_of`]) and the
 /// per-channel vectors (biases, folded batch-norm scales and shifts, compared by value) are
 /// equal; otherwise the stack is packed again. Clones share the cache (and the variables).
 #[derive(Clone, Default)]
@@ -455,7 +455,7 @@ impl StackCache {
         pack: impl FnOnce() -> candle_core::Result<Option<nhwc::Packed>>,
     ) -> candle_core::Result<Option<std::sync::Arc<nhwc::Packed>>> {
         // read before packing: a write during the packing leaves the entry stale
-        let version = crate::model::weights::version();
+        let version = crate::model::weights::version_of(&key);
         {
             let held = self
                 .0
