@@ -38,7 +38,7 @@ fn stack_matches_native_conv_layers() {
 }
 
 /// Where the path cannot run it says so (`None`) and the callers fall back: a layer with
-/// 20 output channels, a non-f32 input, weights that do not chain.
+/// 20 output channels, a non-f32 input, weights that do not chain (also once packed).
 #[test]
 fn stack_declines_what_it_cannot_run() {
     let x = rand(&[2, 3, 16, 16], 1);
@@ -55,6 +55,15 @@ fn stack_declines_what_it_cannot_run() {
         .is_none());
     let x5 = rand(&[2, 5, 16, 16], 4);
     assert!(conv_stack_leaky(&x5, &parts, 0.2, &StackCache::default())
+        .unwrap()
+        .is_none());
+    // weights packed for 3-channel inputs and kept: a 5-channel input still declines
+    let cache = StackCache::default();
+    if kernel().is_some() {
+        assert!(conv_stack_leaky(&x, &parts, 0.2, &cache).unwrap().is_some());
+        assert!(cache.is_held());
+    }
+    assert!(conv_stack_leaky(&x5, &parts, 0.2, &cache)
         .unwrap()
         .is_none());
 }

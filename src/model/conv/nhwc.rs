@@ -17,7 +17,7 @@
 //! Each thread runs a few images through the whole stack, so the activations stay in its L2.
 //! A batch smaller than the thread count (a batch-1 decode in the explorer) instead shares
 //! each layer's tiles among the threads, all layers in one parallel region
-//! (`Stack::layers_shared`). The last layer's output is transposed back to NCHW order
+//! (`Stack::run_layers`). The last layer's output is transposed back to NCHW order
 //! (flattened for `stack_forward`).
 //!
 //! The packed weights are kept between calls in the model's [`super::StackCache`]: packing
@@ -233,17 +233,7 @@ impl Stack {
                 }
             }
         }
-        if parts <= 1 {
-            for (li, layer) in self.layers.iter().enumerate() {
-                let (src, dst) = sc.bufs.split_at_mut(li + 1);
-                let pn = self.layers.get(li + 1).map_or(0, |n| n.geom.padding);
-                let dst = Dst(dst[0].as_mut_ptr(), dst[0].len());
-                let n = self.items(layer, sides[li], cnt);
-                self.layer(layer, sides[li], &src[li], dst, pn, cnt, 0..n);
-            }
-        } else {
-            self.layers_shared(sc, sides, cnt, parts);
-        }
+        self.run_layers(sc, sides, cnt, parts);
         // [n][Ho][Wo][C] → [n][C][Ho][Wo]
         let last = &self.layers[self.layers.len() - 1];
         let (ho, wo) = sides[sides.len() - 1];
@@ -261,15 +251,16 @@ impl Stack {
         }
     }
 
-    /// Every layer on `cnt` images, the threads sharing each layer's items in one parallel
-    /// region: `parts` tasks claim chunks of items from a counter per layer and count them
-    /// done; a task starts on a layer once the previous one's items are all done. A task
+    /// Every layer on `cnt` images; with `parts` > 1 the threads share each layer's items in
+    /// one parallel region (1: all on this thread). `parts` tasks claim chunks of items from
+    /// a counter per layer and count them done; a task starts on a layer once the previous
+    /// one's items are all done. A task
     /// only ever waits for items another running task has claimed (claimed items finish
     /// without waiting on anything), so a task that starts late, or never runs beside the
     /// others, cannot stall the stack: it finds the items taken or takes them itself. One
     /// region instead of one per layer spares the wake-ups of the sleeping pool threads (on
     /// 2 cores, tens of microseconds each: a batch-1 decode is ~0.5 ms of arithmetic).
-    fn layers_shared(&self, sc: &mut Scratch, sides: &[(usize, usize)], cnt: usize, parts: usize) {
+    fn run_layers(&self, sc: &mut Scratch, sides: &[(usize, usize)], cnt: usize, parts: usize) {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let layers = &self.layers[..];
         let n: Vec<usize> = layers
@@ -278,8 +269,11 @@ impl Stack {
             .map(|(l, s)| self.items(l, *s, cnt))
             .collect();
         // about four chunks per task and layer: the shares even out, and each chunk runs
-        // consecutive tiles of one weight block
-        let chunk: Vec<usize> = n.iter().map(|&k| (k / (4 * parts)).max(1)).collect();
+        // consecutive tiles of one weight block (one task: the whole layer in one chunk)
+        let chunk: Vec<usize> = n
+            .iter()
+            .map(|&k| if parts <= 1 { k } else { k / (4 * parts) }.max(1))
+            .collect();
         let claimed: Vec<AtomicUsize> = n.iter().map(|_| AtomicUsize::new(0)).collect();
         let done: Vec<AtomicUsize> = n.iter().map(|_| AtomicUsize::new(0)).collect();
         let failed = AtomicBool::new(false);
@@ -288,7 +282,7 @@ impl Stack {
             .iter_mut()
             .map(|b| Dst(b.as_mut_ptr(), b.len()))
             .collect();
-        (0..parts).into_par_iter().for_each(|_| {
+        let task = || {
             // a panicking task marks the stack failed, so that the others stop waiting
             struct Flag<'a>(&'a AtomicBool);
             impl Drop for Flag<'_> {
@@ -328,7 +322,12 @@ impl Stack {
                     done[li].fetch_add(e - i, Ordering::Release);
                 }
             }
-        });
+        };
+        if parts <= 1 {
+            task();
+        } else {
+            (0..parts).into_par_iter().for_each(|_| task());
+        }
     }
 
     /// Work items of a layer on `cnt` images: (phase, channel block, tile of output pixels),
@@ -516,10 +515,12 @@ fn eligible(x: &Tensor, n: usize, slope: f32) -> bool {
 fn run(x: &Tensor, packed: Arc<Packed>, slope: f32) -> candle_core::Result<Option<Tensor>> {
     let (_, _, h, w) = x.dims4()?;
     let s = sides(&packed, h, w);
-    let fits = packed.iter().zip(&s).all(|(l, (h, w))| {
-        let p = 2 * l.geom.padding;
-        *h > 0 && *w > 0 && (l.transposed || (h + p >= l.geom.kernel && w + p >= l.geom.kernel))
-    });
+    // a pack cached for these weights may meet an input of another width: decline
+    let fits = packed.first().is_some_and(|l| l.c_in == x.dims()[1])
+        && packed.iter().zip(&s).all(|(l, (h, w))| {
+            let p = 2 * l.geom.padding;
+            *h > 0 && *w > 0 && (l.transposed || (h + p >= l.geom.kernel && w + p >= l.geom.kernel))
+        });
     let Some(isa) = Isa::detect() else {
         return Ok(None);
     };
