@@ -237,6 +237,30 @@ fn bad_inputs_are_errors() {
             "{est}"
         );
     }
+    // The least-squares fits look for bad codes only when their cross products are not
+    // finite: every kind of bad code must still be found and placed. An infinite target code
+    // in a row whose source codes are all zero enters XᵀY only as ∞ · 0 = NaN.
+    for est in [Estimator::Lstsq, Estimator::Ridge { lambda: 0.5 }] {
+        let (mut xs, mut ys) = (x.clone(), y.clone());
+        xs.row_mut(11).fill(0.0);
+        ys[(11, 2)] = f32::INFINITY;
+        let e = target_from_source(&xs, &ys, &est, &cpu).unwrap_err();
+        assert!(
+            matches!(&e, LatentError::NonFinite { what, row: 11, col: 2 } if what == "z_in_target"),
+            "{est}: {e}"
+        );
+        let mut xs = x.clone();
+        xs[(49, 3)] = f32::NEG_INFINITY;
+        let e = target_from_source(&xs, &y, &est, &cpu).unwrap_err();
+        assert!(
+            matches!(&e, LatentError::NonFinite { what, row: 49, col: 3 } if what == "z_in_source"),
+            "{est}: {e}"
+        );
+        // finite codes whose products overflow f32: an error, but not a non-finite code
+        let huge = x.map(|v| v * 1e30);
+        let e = target_from_source(&huge, &y, &est, &cpu).unwrap_err();
+        assert!(matches!(e, LatentError::Degenerate(_)), "{est}: {e}");
+    }
     let neg = Estimator::Ridge { lambda: -1.0 };
     assert!(matches!(
         target_from_source(&x, &y, &neg, &cpu),

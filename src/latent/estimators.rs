@@ -238,8 +238,11 @@ pub fn target_from_source(
     if z_in_source.ncols() == 0 || z_in_target.ncols() == 0 {
         return Err(LatentError::Shape("codes with zero dimensions".into()));
     }
-    check_finite("z_in_source", z_in_source)?;
-    check_finite("z_in_target", z_in_target)?;
+    // The least-squares fits find out from their cross products whether any code is
+    // non-finite (see `fit_least_squares`); the others check first.
+    if !matches!(est, Estimator::Lstsq | Estimator::Ridge { .. }) {
+        check_inputs(z_in_source, z_in_target)?;
+    }
     let mut cv = None;
     let (weight, bias, solve, final_loss) = match est {
         Estimator::Lstsq => fit_least_squares(z_in_source, z_in_target, None)?,
@@ -299,9 +302,24 @@ pub fn target_from_source(
 
 type Fit = (DMatrix<f64>, Option<DVector<f64>>, SolveInfo, Option<f64>);
 
+/// Errors (naming the matrix, row and column) unless every code is finite.
+fn check_inputs(x: &DMatrix<f32>, y: &DMatrix<f32>) -> Result<()> {
+    check_finite("z_in_source", x)?;
+    check_finite("z_in_target", y)
+}
+
+/// Least squares by the normal equations. A non-finite code makes `XᵀX` or `XᵀY` non-finite
+/// (NaN propagates; an infinite `x` enters `XᵀX`'s diagonal as `x²`; an infinite `y` meets
+/// every `x` of its row, `±∞` or `∞ · 0 = NaN`), so the inputs are scanned for the
+/// position to report only when the products are not finite: on a full-data map that scan
+/// read all 171 MB of codes before every fit (6-7 ms of a 41 ms fit at 200,000 points).
+/// Finite codes whose products overflow fail in [`solve_normal`] as before.
 fn fit_least_squares(x: &DMatrix<f32>, y: &DMatrix<f32>, ridge: Option<f64>) -> Result<Fit> {
     let (gram, xty) = cross_products(x, Some(y));
     let xty = xty.ok_or_else(|| LatentError::Degenerate("missing XᵀY".into()))?;
+    if gram.iter().chain(xty.iter()).any(|v| !v.is_finite()) {
+        check_inputs(x, y)?;
+    }
     let (w, info) = solve_normal(&gram, &xty, ridge, x.nrows())?;
     Ok((w, None, info, None))
 }
