@@ -35,7 +35,7 @@ fn wait(h: &mut Harness<'_, ExplorerApp>, what: &str, done: impl Fn(&ExplorerApp
 }
 
 fn main() {
-    let _ = latent_atlas::model::device::keep_freed_memory();
+    latent_atlas::model::device::keep_freed_memory();
     latent_atlas::model::device::pin_thread_count();
     let drags: usize = std::env::var("EXPLORER_BENCH_DRAGS")
         .ok()

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     latent_atlas::app::mark_launch();
-    let _ = latent_atlas::model::device::keep_freed_memory();
+    latent_atlas::model::device::keep_freed_memory();
     latent_atlas::model::device::pin_thread_count();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,wgpu_core=warn,wgpu_hal=warn,naga=warn"),
