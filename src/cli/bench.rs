@@ -105,7 +105,12 @@ pub(super) fn cpu_label() -> String {
         Some(k) => format!("channels-last inference stacks on {k}"),
         None => "NCHW inference paths".to_string(),
     };
-    format!("{name}{family}, {kernels}, {stack}")
+    let winograd = if crate::model::conv::winograd_enabled() {
+        "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight gradient)"
+    } else {
+        "no Winograd (LATENT_ATLAS_NO_WINOGRAD set)"
+    };
+    format!("{name}{family}, {kernels}, {stack}, {winograd}")
 }
 
 /// The figures measured together, in the order the sides take turns: each training kind

@@ -13,7 +13,9 @@
 //! On non-CPU devices [`conv2d`] and [`conv_transpose2d`] call candle's native ops.
 //!
 //! This file holds the candle ops; `kernels` splits a batch among threads and picks the inner
-//! kernel: `implicit` (4x4 stride-2 forward and weight gradient with 32+ input channels,
+//! kernel: `wino` (4x4 stride-2 forward and weight gradient by Winograd F(2x2, 2x2), 16+
+//! input and output channels, whole 2x2 output tiles), `implicit` (4x4 stride-2 forward and
+//! weight gradient with 32+ input channels otherwise,
 //! packing gemm's micro-kernel operands straight from stride-phase planes; `phases`: their
 //! input gradient as four 2x2 convolutions, one per stride phase), `unfold`
 //! (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for at most 4 output
@@ -38,6 +40,7 @@ mod phases;
 mod unfold;
 #[cfg(target_arch = "x86_64")]
 mod wide;
+mod wino;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
 use unfold::Dims;
@@ -437,6 +440,39 @@ pub fn conv_stack_leaky(
         let _ = (x, layers, slope, cache);
         Ok(None)
     }
+}
+
+/// Whether 4x4 stride-2 convolutions with enough channels run on the Winograd kernels.
+pub fn winograd_enabled() -> bool {
+    wino::enabled()
+}
+
+/// Turns the Winograd F(2x2, 2x2) kernels for 4x4 stride-2 convolutions (`conv/wino.rs`) on or
+/// off for this process (on by default; `LATENT_ATLAS_NO_WINOGRAD` in the environment turns
+/// them off): benchmarks time both routes in turns, tests pin each to the other.
+pub fn set_winograd(on: bool) {
+    wino::set_enabled(on)
+}
+
+/// Whether a batch of `batch` images `[c_in, h, w]` through a convolution to `c_out` channels
+/// with `geom` runs on the Winograd kernels (its forward, and its weight gradient): for tests
+/// and benchmarks that must know which route they measure.
+pub fn winograd_applies(
+    batch: usize,
+    c_in: usize,
+    (h, w): (usize, usize),
+    c_out: usize,
+    geom: ConvGeom,
+) -> bool {
+    let d = Dims {
+        c_in,
+        h,
+        w,
+        c_out,
+        ho: geom.conv_out(h),
+        wo: geom.conv_out(w),
+    };
+    batch >= kernels::threads() && wino::applies(&d, &geom)
 }
 
 /// Whether the convolutions run on our AVX-512 micro-kernel (the CPU has AVX-512F and

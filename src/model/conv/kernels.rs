@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::mm::{as_uninit, matmul, matmul_into, Mat};
 use super::unfold::{col2im, im2col, Dims};
-use super::{direct, dot, ConvGeom};
+use super::{direct, dot, wino, ConvGeom};
 #[cfg(target_arch = "x86_64")]
 use super::{implicit, phases};
 use crate::model::activation::filled_vec;
@@ -212,6 +212,9 @@ pub(super) fn forward_fused(
     g: &ConvGeom,
     epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
+    if b >= threads() && wino::applies(d, g) {
+        return (wino::forward(x, w, b, d, epi), epi.is_some());
+    }
     #[cfg(target_arch = "x86_64")]
     if epi.is_some() && b >= threads() && implicit::applies(d, g) {
         return (implicit::forward(x, w, b, d, g, epi), true);
@@ -251,6 +254,9 @@ fn forward_impl(
 ) -> (Vec<f32>, bool) {
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let img = d.c_in * d.h * d.w;
+    if b >= threads() && wino::applies(d, g) {
+        return (wino::forward(x, w, b, d, epi), epi.is_some());
+    }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies(d, g) {
         return (implicit::forward(x, w, b, d, g, None), false);
@@ -357,6 +363,12 @@ pub(super) fn forward_and_grad_weight(
     d: &Dims,
     g: &ConvGeom,
 ) -> (Vec<f32>, Vec<f32>) {
+    if b >= threads() && wino::applies(d, g) {
+        return (
+            wino::forward(x, w, b, d, None),
+            wino::grad_weight(x, gy, b, d),
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
         return (
@@ -563,6 +575,9 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
 }
 
 pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    if b >= threads() && wino::applies(d, g) {
+        return wino::grad_weight(x, gy, b, d);
+    }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
         return implicit::grad_weight(x, gy, b, d, g);

@@ -1,0 +1,123 @@
+//! The Winograd F(2x2, 2x2) kernels of 4x4 stride-2 convolutions (`conv/wino.rs`: the forward
+//! and the weight gradient) against candle's native ops, outputs and gradients, then the same
+//! shapes with the Winograd kernels turned off (the implicit-gemm and stride-phase routes
+//! they replace). One test in its own binary: `set_winograd` is process-wide, and no other
+//! test may run between the two halves.
+
+mod common;
+use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
+
+use candle_core::{Tensor, Var};
+use latent_atlas::model::conv::{
+    conv2d, conv2d_bias_leaky, conv_transpose2d, conv_transpose2d_bias_leaky, set_winograd,
+    winograd_applies, winograd_enabled, ConvGeom,
+};
+
+const G: ConvGeom = ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
+
+/// (batch, c_in, side, c_out) of convolutions: batches that split unevenly between threads
+/// (3, 5), one and several tile rows per image (8, 12, 16, 32 pixels), several groups of
+/// tiles per thread (32x32: 64 tiles per image), channel counts that fill no panel
+/// (17, 20, 24), and the VAE's widest layer shape at a small batch.
+const CONVS: [(usize, usize, usize, usize); 6] = [
+    (3, 16, 16, 20),
+    (2, 24, 12, 17),
+    (5, 32, 8, 64),
+    (2, 128, 8, 256),
+    (4, 16, 32, 32),
+    (2, 20, 4, 16),
+];
+
+/// (batch, c_in, side, c_out) of transposed convolutions: their backward runs the Winograd
+/// forward and weight gradient on the output gradient (`c_out` is the convolution's input).
+const TRANSPOSED: [(usize, usize, usize, usize); 4] = [
+    (3, 32, 8, 16),
+    (2, 64, 4, 24),
+    (2, 256, 4, 128),
+    (2, 32, 16, 16),
+];
+
+fn leaky(t: &Tensor) -> Tensor {
+    let pos = t.relu().unwrap();
+    let neg = (t - &pos).unwrap();
+    (pos + (neg * 0.2).unwrap()).unwrap()
+}
+
+fn check_all(on: bool) {
+    for (i, &(b, c_in, side, c_out)) in CONVS.iter().enumerate() {
+        assert_eq!(
+            winograd_applies(b, c_in, (side, side), c_out, G),
+            on,
+            "route of {b}x{c_in}x{side} -> {c_out}"
+        );
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), G).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+        let what = format!("winograd {on}: {b}x{c_in}x{side}x{side} -> {c_out}");
+        check(&ours, &native, &x, &w, 30 + i as u64, &what);
+        // bias + leaky ReLU applied by the output transform
+        let bias = rand(&[c_out], 40 + i as u64);
+        let fused = conv2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
+        let reference = leaky(
+            &native
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap(),
+        );
+        let err = max_abs_diff(&fused, &reference);
+        assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+    }
+    for (i, &(b, c_in, side, c_out)) in TRANSPOSED.iter().enumerate() {
+        let out_side = 2 * side;
+        assert_eq!(
+            winograd_applies(b, c_out, (out_side, out_side), c_in, G),
+            on,
+            "route of the backward of transposed {b}x{c_in}x{side} -> {c_out}"
+        );
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 50 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
+        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), G).unwrap();
+        let native = x
+            .as_tensor()
+            .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
+            .unwrap();
+        let what = format!("winograd {on}: transposed {b}x{c_in}x{side}x{side} -> {c_out}");
+        check(&ours, &native, &x, &w, 70 + i as u64, &what);
+        let bias = rand(&[c_out], 80 + i as u64);
+        let fused =
+            conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
+        let reference = leaky(
+            &native
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap(),
+        );
+        let err = max_abs_diff(&fused, &reference);
+        assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+    }
+}
+
+#[test]
+fn winograd_kernels_match_native_and_the_routes_they_replace() {
+    if std::env::var_os("LATENT_ATLAS_NO_WINOGRAD").is_some() {
+        assert!(!winograd_enabled());
+    } else {
+        assert!(winograd_enabled(), "on by default");
+        check_all(true);
+    }
+    // a first-layer shape (3 input channels) and a 2-channel output stay off the Winograd route
+    assert!(!winograd_applies(4, 3, (64, 64), 32, G));
+    assert!(!winograd_applies(4, 32, (16, 16), 2, G));
+    // one image with two threads: the batch-1 routes
+    assert!(!winograd_applies(1, 32, (16, 16), 64, G) || rayon_threads() == 1);
+    set_winograd(false);
+    check_all(false);
+    set_winograd(true);
+}
+
+fn rayon_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
