@@ -26,8 +26,9 @@
 //!
 //! The input gradient (a transposed convolution's forward) stays on `phases.rs`: as a
 //! Winograd convolution of the padded output gradient its `ho + 1` phase rows do not fill
-//! whole tiles (the 4x4 → 8x8 layer computes 3x3 tiles for 5x5 rows), and it ran 1.3-2.7x
-//! slower than the phase kernel at every VAE layer (example harness, batch 64).
+//! whole tiles (the 4x4 → 8x8 layer computes 3x3 tiles for 5x5 rows), and a first version
+//! ran 1.3-2.7x slower than the phase kernel at every VAE layer (example harness, batch 64;
+//! before the layout fixes below).
 //!
 //! Data layouts: the transformed inputs `v` are `[9][4·ci][tiles]` (tiles contiguous, a
 //! column-major left operand), written channel by channel so that each line is finished in L1;
