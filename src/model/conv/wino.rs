@@ -129,8 +129,6 @@ struct Tiling {
     ph: usize,
     pw: usize,
     pad: usize,
-    /// Phases per axis (2: the plane is split into stride phases, 1: taken as is).
-    phases: usize,
     /// Tiles per axis and per image.
     th: usize,
     tw: usize,
@@ -140,9 +138,9 @@ impl Tiling {
     fn tiles(&self) -> usize {
         self.th * self.tw
     }
-    /// Channels of the 2x2 convolution: `planes · phases²`.
+    /// Channels of the 2x2 convolution: 4 stride phases per plane.
     fn k(&self) -> usize {
-        self.planes * self.phases * self.phases
+        self.planes * 4
     }
     /// The phase planes of the padded input of a 4x4 stride-2 convolution: padded side
     /// `h + 2`, tiles of 3x3 phase pixels every 2 (4 input pixels).
@@ -154,15 +152,15 @@ impl Tiling {
             ph: d.h + 2,
             pw: d.w + 2,
             pad: 1,
-            phases: 2,
             th: d.ho / 2,
             tw: d.wo / 2,
         }
     }
 }
 
-/// Bᵀ d B of every tile of `cnt` images of `src` into `v` (`[9][k][tg]`: point `p`, channel
-/// `k`, tile `t` of image `i` at column `i·tiles + t`); `buf` holds one padded plane.
+/// Bᵀ d B of every tile of `cnt` images of `src` into `v` (`[9][k][lead(tg)]`: point `p`,
+/// channel `k = 4c + phase`, tile `t` of image `i` at column `i·tiles + t`); `buf` holds one
+/// padded plane. A tile of phase `(by, bx)` starts every 4 padded pixels, its values 2 apart.
 fn transform_input(
     src: &[f32],
     cnt: usize,
@@ -171,24 +169,11 @@ fn transform_input(
     tg: usize,
     buf: &mut Vec<f32>,
 ) {
-    transform_input_impl::<2>(src, cnt, tl, v, tg, buf)
-}
-
-/// [`transform_input`] for `P` phases per axis: the tile loops outside, the channels inside
-/// (the plane offsets of a tile's 9 values are the same in every channel, and the deep
-/// layers have many channels and few tiles).
-fn transform_input_impl<const P: usize>(
-    src: &[f32],
-    cnt: usize,
-    tl: &Tiling,
-    v: &mut [f32],
-    tg: usize,
-    buf: &mut Vec<f32>,
-) {
+    const P: usize = 2;
     let (tiles, plane) = (tl.tiles(), tl.sh * tl.sw);
     let (pw, pp) = (tl.pw, tl.ph * tl.pw);
     let (step, rs) = (2 * P, P * tl.pw);
-    assert!(tl.phases == P && src.len() >= cnt * tl.planes * plane);
+    assert!(src.len() >= cnt * tl.planes * plane);
     let ld = lead(tg);
     assert!(v.len() >= 9 * point_stride(tl.k(), ld) && cnt * tiles <= tg);
     // the last tile's last value of the last phase lies inside the padded plane
