@@ -298,24 +298,43 @@ fn products(v: &[f32], u: &[f32], m: &mut [f32], k: usize, n: usize, tg: usize, 
             rs: (9 * n) as isize,
             cs: 1,
         };
-        let dst = &mut m[p * ms..][..n * ld];
-        let layout = Mat {
-            ptr: dst.as_ptr(),
-            rs: 1,
-            cs: ld as isize,
-        };
-        matmul_into(
-            super::mm::as_uninit(dst),
-            layout,
-            cols,
-            n,
-            k,
+        product(
+            &mut m[p * ms..][..n * ld],
+            ld,
+            (cols, n, k),
             lhs,
             rhs,
             false,
-            gemm::Parallelism::None,
         );
     }
+}
+
+/// `dst (+)= lhs · rhs` (`m x n`, inner dimension `k`) into the column-major `dst` with
+/// columns `ld` apart, on this thread.
+fn product(
+    dst: &mut [f32],
+    ld: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+) {
+    let layout = Mat {
+        ptr: dst.as_ptr(),
+        rs: 1,
+        cs: ld as isize,
+    };
+    matmul_into(
+        super::mm::as_uninit(dst),
+        layout,
+        m,
+        n,
+        k,
+        lhs,
+        rhs,
+        accumulate,
+        gemm::Parallelism::None,
+    );
 }
 
 /// Floats between the 9 points' blocks of `rows x tg` values: 32 more than the block, so
@@ -534,22 +553,7 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32>
                             cs: ld as isize,
                         };
                         let dst = &mut acc[p * k * ldn..][..k * ldn];
-                        let layout = Mat {
-                            ptr: dst.as_ptr(),
-                            rs: 1,
-                            cs: ldn as isize,
-                        };
-                        matmul_into(
-                            super::mm::as_uninit(dst),
-                            layout,
-                            n,
-                            k,
-                            cols,
-                            lhs,
-                            rhs,
-                            true,
-                            gemm::Parallelism::None,
-                        );
+                        product(dst, ldn, (n, k, cols), lhs, rhs, true);
                     }
                 }
             });
