@@ -1,5 +1,7 @@
 //! The Winograd F(2x2, 2x2) kernels of 4x4 stride-2 convolutions (`conv/wino.rs`: the forward
-//! and the weight gradient) against candle's native ops, outputs and gradients, then the same
+//! and the weight gradient) against candle's native ops, outputs and gradients, with the input
+//! transform vectorized (`conv/wino_simd.rs`, which also runs the input gradient: the four
+//! output phases' 2x2 convolutions) and one tile at a time; then the same
 //! shapes with the Winograd kernels turned off (the implicit-gemm and stride-phase routes
 //! they replace). One test in its own binary: `set_winograd` is process-wide, and no other
 //! test may run between the two halves.
@@ -10,7 +12,7 @@ use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
 use candle_core::{Tensor, Var};
 use latent_atlas::model::conv::{
     conv2d, conv2d_bias_leaky, conv_transpose2d, conv_transpose2d_bias_leaky, set_winograd,
-    winograd_applies, winograd_enabled, ConvGeom,
+    set_winograd_vector_transforms, winograd_applies, winograd_enabled, ConvGeom,
 };
 
 const G: ConvGeom = ConvGeom {
@@ -22,23 +24,30 @@ const G: ConvGeom = ConvGeom {
 /// (batch, c_in, side, c_out) of convolutions: batches that split unevenly between threads
 /// (3, 5), one and several tile rows per image (8, 12, 16, 32 pixels), several groups of
 /// tiles per thread (32x32: 64 tiles per image), channel counts that fill no panel
-/// (17, 20, 24), and the VAE's widest layer shape at a small batch.
-const CONVS: [(usize, usize, usize, usize); 6] = [
+/// (17, 20, 24), the VAE's widest layer shape at a small batch, and row lengths the vector
+/// input transform splits into 4-pixel groups with a remainder (20: 4 + 1 groups, 25 tiles:
+/// 3 x 8 + 1) or without (64: 16 tiles per row, 256 per image).
+const CONVS: [(usize, usize, usize, usize); 8] = [
     (3, 16, 16, 20),
     (2, 24, 12, 17),
     (5, 32, 8, 64),
     (2, 128, 8, 256),
     (4, 16, 32, 32),
     (2, 20, 4, 16),
+    (3, 16, 20, 16),
+    (2, 16, 64, 16),
 ];
 
-/// (batch, c_in, side, c_out) of transposed convolutions: their backward runs the Winograd
-/// forward and weight gradient on the output gradient (`c_out` is the convolution's input).
-const TRANSPOSED: [(usize, usize, usize, usize); 4] = [
+/// (batch, c_in, side, c_out) of transposed convolutions: their forward runs the Winograd
+/// input gradient (with the vector transforms), their backward the Winograd forward and
+/// weight gradient on the output gradient (`c_out` is the convolution's input); 2x2 tiles per
+/// output phase row: 2, 4, 8, and 5 (a 4-tile group and a remainder).
+const TRANSPOSED: [(usize, usize, usize, usize); 5] = [
     (3, 32, 8, 16),
     (2, 64, 4, 24),
     (2, 256, 4, 128),
     (2, 32, 16, 16),
+    (2, 16, 10, 16),
 ];
 
 fn leaky(t: &Tensor) -> Tensor {
@@ -75,6 +84,31 @@ fn check_all(on: bool) {
         let fused = conv2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
         check_fused(&fused, &native, &bias, &what);
     }
+    // a non-square image, 4 tiles each (the 4-lane paths of the vector transforms: square
+    // sides give multiples of 16 tiles)
+    let (b, c, h, w) = (2, 16, 4, 16);
+    assert_eq!(
+        winograd_applies(b, c, (h, w), 24, G),
+        on,
+        "route of {h}x{w}"
+    );
+    let x = Var::from_tensor(&rand(&[b, c, h, w], 90)).unwrap();
+    let wt = Var::from_tensor(&rand(&[24, c, 4, 4], 91)).unwrap();
+    let ours = conv2d(x.as_tensor(), wt.as_tensor(), G).unwrap();
+    let native = x.as_tensor().conv2d(wt.as_tensor(), 1, 2, 1, 1).unwrap();
+    let what = format!("winograd {on}: {b}x{c}x{h}x{w} -> 24");
+    check(&ours, &native, &x, &wt, 92, &what);
+    let bias = rand(&[24], 93);
+    let fused = conv2d_bias_leaky(x.as_tensor(), wt.as_tensor(), &bias, G, 0.2).unwrap();
+    check_fused(&fused, &native, &bias, &what);
+    let xt = rand(&[b, 24, 2, 8], 94);
+    let ours = conv_transpose2d(&xt, wt.as_tensor(), G).unwrap();
+    let native = xt.conv_transpose2d(wt.as_tensor(), 1, 0, 2, 1).unwrap();
+    let err = max_abs_diff(&ours, &native);
+    assert!(err < 1e-4, "{what}: transposed forward off by {err}");
+    let bias = rand(&[c], 95);
+    let fused = conv_transpose2d_bias_leaky(&xt, wt.as_tensor(), &bias, G, 0.2).unwrap();
+    check_fused(&fused, &native, &bias, &what);
     for (i, &(b, c_in, side, c_out)) in TRANSPOSED.iter().enumerate() {
         let out_side = 2 * side;
         assert_eq!(
@@ -105,6 +139,10 @@ fn winograd_kernels_match_native_and_the_routes_they_replace() {
     } else {
         assert!(winograd_enabled(), "on by default");
         check_all(true);
+        // the scalar input transform (CPUs without AVX2)
+        set_winograd_vector_transforms(false);
+        check_all(true);
+        set_winograd_vector_transforms(true);
     }
     // a first-layer shape (3 input channels) and a 2-channel output stay off the Winograd route
     assert!(!winograd_applies(4, 3, (64, 64), 32, G));

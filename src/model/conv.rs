@@ -41,6 +41,8 @@ mod unfold;
 #[cfg(target_arch = "x86_64")]
 mod wide;
 mod wino;
+#[cfg(target_arch = "x86_64")]
+mod wino_simd;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
 use unfold::Dims;
@@ -454,9 +456,23 @@ pub fn set_winograd(on: bool) {
     wino::set_enabled(on)
 }
 
+/// Whether the Winograd input transform runs vectorized over tiles (`conv/wino_simd.rs`, on
+/// by default where the CPU has AVX2), else one tile at a time: tests pin one to the other.
+pub fn set_winograd_vector_transforms(on: bool) {
+    wino::set_vector_transforms(on)
+}
+
+/// Whether the input gradients of 4x4 stride-2 convolutions (and the transposed convolutions'
+/// forward) may run on the Winograd kernels (on by default, where the vector transforms run):
+/// benchmarks compare the routes in turns.
+pub fn set_winograd_input_gradient(on: bool) {
+    wino::set_input_gradient(on)
+}
+
 /// Whether a batch of `batch` images `[c_in, h, w]` through a convolution to `c_out` channels
-/// with `geom` runs on the Winograd kernels (its forward, and its weight gradient): for tests
-/// and benchmarks that must know which route they measure.
+/// with `geom` runs on the Winograd kernels (its forward, and its weight gradient; its input
+/// gradient too where the vector transforms run): for tests and benchmarks that must know
+/// which route they measure.
 pub fn winograd_applies(
     batch: usize,
     c_in: usize,

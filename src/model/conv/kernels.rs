@@ -236,6 +236,10 @@ pub(super) fn grad_input_fused(
     epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
+    if epi.is_some() && b >= threads() && wino::applies_grad_input(d, g) {
+        return (wino::grad_input(gy, w, b, d, epi), true);
+    }
+    #[cfg(target_arch = "x86_64")]
     if epi.is_some() && b >= threads() && phases::applies_grad_input(d, g) {
         return (phases::grad_input(gy, w, b, d, g, epi), true);
     }
@@ -440,6 +444,10 @@ fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32
 }
 
 pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if b >= threads() && wino::applies_grad_input(d, g) {
+        return wino::grad_input(gy, w, b, d, None);
+    }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && phases::applies_grad_input(d, g) {
         return phases::grad_input(gy, w, b, d, g, None);

@@ -37,7 +37,7 @@
 //! layer's input transform: 5.5 → 2.9 thread-ms per batch).
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
@@ -67,6 +67,32 @@ pub(super) fn enabled() -> bool {
 /// both routes in turns).
 pub(super) fn set_enabled(on: bool) {
     STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the input transform may run vectorized (`wino_simd.rs`) where AVX2 is available.
+static VECTOR: AtomicBool = AtomicBool::new(true);
+
+pub(super) fn set_vector_transforms(on: bool) {
+    VECTOR.store(on, Ordering::Relaxed);
+}
+
+/// Whether the input transform runs vectorized.
+fn vector_transforms() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        VECTOR.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the input gradient may run on [`grad_input`].
+static GRAD_INPUT: AtomicBool = AtomicBool::new(true);
+
+pub(super) fn set_input_gradient(on: bool) {
+    GRAD_INPUT.store(on, Ordering::Relaxed);
 }
 
 /// Fewest input channels of the 2x2 phase convolution (4 per input channel: 16 input
@@ -132,6 +158,9 @@ struct Tiling {
     /// Tiles per axis and per image.
     th: usize,
     tw: usize,
+    /// 3x3 windows every 2 pixels of the padded plane at the 4 phase offsets (the input
+    /// gradient, vector transforms only) instead of the stride phases' tiles.
+    pairs: bool,
 }
 
 impl Tiling {
@@ -154,12 +183,29 @@ impl Tiling {
             pad: 1,
             th: d.ho / 2,
             tw: d.wo / 2,
+            pairs: false,
+        }
+    }
+    /// The windows of the padded output gradient (side `ho + 2`) that the input gradient's
+    /// four output phases read: phase `(py, px)`'s 2x2 tile `(ty, tx)` reads the 3x3 window
+    /// at padded pixel `(2ty + py, 2tx + px)`.
+    fn pairs(d: &Dims) -> Self {
+        Tiling {
+            planes: d.c_out,
+            sh: d.ho,
+            sw: d.wo,
+            ph: d.ho + 2,
+            pw: d.wo + 2,
+            pad: 1,
+            th: d.ho / 2,
+            tw: d.wo / 2,
+            pairs: true,
         }
     }
 }
 
 /// Bᵀ d B of every tile of `cnt` images of `src` into `v` (`[9][k][lead(tg)]`: point `p`,
-/// channel `k = 4c + phase`, tile `t` of image `i` at column `i·tiles + t`); `buf` holds one
+/// channel `k = 4c + phase`, tile `t` of image `i` at column `i·tiles + t`); `bufs` hold one
 /// padded plane. A tile of phase `(by, bx)` starts every 4 padded pixels, its values 2 apart.
 fn transform_input(
     src: &[f32],
@@ -167,22 +213,78 @@ fn transform_input(
     tl: &Tiling,
     v: &mut [f32],
     tg: usize,
-    buf: &mut Vec<f32>,
+    bufs: &mut [Vec<f32>; 2],
 ) {
     const P: usize = 2;
     let (tiles, plane) = (tl.tiles(), tl.sh * tl.sw);
     let (pw, pp) = (tl.pw, tl.ph * tl.pw);
-    let (step, rs) = (2 * P, P * tl.pw);
     assert!(src.len() >= cnt * tl.planes * plane);
     let ld = lead(tg);
     assert!(v.len() >= 9 * point_stride(tl.k(), ld) && cnt * tiles <= tg);
+    let (vp, ps) = (v.as_mut_ptr(), point_stride(tl.k(), ld));
+    #[cfg(target_arch = "x86_64")]
+    if vector_transforms() {
+        use super::wino_simd::{Classes, Windows};
+        let (windows, m) = match tl.pairs {
+            false => (Windows::Strided, 4),
+            true => (Windows::Pairs, 2),
+        };
+        assert!(tl.pad == 1 && tl.th * m == tl.sh && tl.tw * m == tl.sw);
+        // two class buffers in turns: a plane is split while the previous one is
+        // transformed, so that the transform's wide loads do not wait for the split's
+        // narrower stores to leave the store buffer (a load spanning two pending stores is
+        // not forwarded)
+        let mut cl = [
+            Classes::new(std::mem::take(&mut bufs[0]), tl.sh, tl.sw, windows),
+            Classes::new(std::mem::take(&mut bufs[1]), tl.sh, tl.sw, windows),
+        ];
+        let planes = tl.planes * cnt;
+        for j in 0..=planes {
+            // plane j: channel j / cnt of image j % cnt (channel outside: see below)
+            let (c, i) = (j / cnt, j % cnt);
+            if j < planes {
+                let s = &src[(i * tl.planes + c) * plane..][..plane];
+                // the next plane is a batch stride away (no hardware prefetcher follows
+                // that far): its lines are requested now
+                if j + 1 < planes {
+                    let (nc, ni) = ((j + 1) / cnt, (j + 1) % cnt);
+                    super::wino_simd::prefetch(&src[(ni * tl.planes + nc) * plane..][..plane]);
+                }
+                // SAFETY: AVX2 is available (vector_transforms); the plane has the sides
+                // the classes were made for (asserted).
+                unsafe { cl[j % 2].split(s) };
+            }
+            if j == 0 {
+                continue;
+            }
+            let (c, i) = ((j - 1) / cnt, (j - 1) % cnt);
+            for ph in 0..P * P {
+                let kk = c * P * P + ph;
+                // SAFETY: AVX2 is available; split filled these classes; the 9 rows at
+                // kk·ld + i·tiles, ps apart, each have `tiles` floats up to column
+                // cnt·tiles <= tg < ld (asserted above).
+                unsafe {
+                    cl[(j - 1) % 2].transform(ph / P, ph % P, vp.add(kk * ld + i * tiles), ps)
+                };
+            }
+        }
+        let [a, b] = cl;
+        bufs[0] = a.into_buffer();
+        bufs[1] = b.into_buffer();
+        return;
+    }
+    assert!(
+        !tl.pairs,
+        "the input gradient's windows have vector transforms only"
+    );
+    let (step, rs) = (2 * P, P * tl.pw);
     // the last tile's last value of the last phase lies inside the padded plane
     assert!((step * (tl.th - 1) + P - 1) * pw + step * (tl.tw - 1) + P - 1 + 2 * rs + 2 * P < pp);
     assert!(tl.pad + tl.sh <= tl.ph && tl.pad + tl.sw <= tl.pw);
+    let buf = &mut bufs[0];
     buf.clear();
     buf.resize(pp, 0.0);
     let bp = buf.as_mut_ptr();
-    let (vp, ps) = (v.as_mut_ptr(), point_stride(tl.k(), ld));
     // channel outside, images inside: the writes to each channel's rows of v run along the
     // tiles, so every line of v is finished while in L1 (v is larger than L2)
     for c in 0..tl.planes {
@@ -357,7 +459,7 @@ fn lead(len: usize) -> usize {
 struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
-    plane: Vec<f32>,
+    planes: [Vec<f32>; 2],
 }
 
 impl Scratch {
@@ -435,7 +537,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
     let fill = |y: &mut [MaybeUninit<f32>]| {
         per_thread_groups(y, out, b, nb, (k, n, tg), |i0, cnt, ychunk, s| {
             let xg = &x[i0 * img..][..cnt * img];
-            transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.plane);
+            transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
             products(&s.v, &u, &mut s.m, k, n, tg, cnt * tiles);
             forward_output(&s.m, cnt, d, tg, ychunk, epi);
         })
@@ -494,6 +596,31 @@ fn forward_output(
     let ld = lead(tg);
     let ps = point_stride(n, ld);
     assert!(m.len() >= 9 * ps && cnt * tiles <= tg && y.len() >= cnt * n * plane);
+    #[cfg(target_arch = "x86_64")]
+    if vector_transforms() {
+        for co in 0..n {
+            let (bias, slope) = epilogue(epi, co);
+            for i in 0..cnt {
+                let out = y[(i * n + co) * plane..][..plane]
+                    .as_mut_ptr()
+                    .cast::<f32>();
+                // SAFETY: AVX2 is available (vector_transforms); point p of tile t < tiles
+                // is at co·ld + i·tiles + t + p·ps < 9·ps (i·tiles + t < tg < ld); the plane
+                // holds ho·wo = 4·th·tw floats.
+                unsafe {
+                    super::wino_simd::finish_tiles(
+                        m.as_ptr().add(co * ld + i * tiles),
+                        ps,
+                        (th, tw),
+                        out,
+                        bias,
+                        slope,
+                    )
+                }
+            }
+        }
+        return;
+    }
     // channel outside, images inside: the 9 reads per tile run along each channel's rows
     for co in 0..n {
         let (bias, slope) = epilogue(epi, co);
@@ -537,7 +664,7 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32>
                     let cnt = nb.min(end - i0);
                     let xg = &x[i0 * img..][..cnt * img];
                     let gyg = &gy[i0 * out..][..cnt * out];
-                    transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.plane);
+                    transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
                     transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
                     let cols = cnt * tiles;
                     // gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ: [n, cols] · [cols, k] into acc [9][k][n]
@@ -594,4 +721,139 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32>
     };
     // SAFETY: every (co, ci) of each block gets its 4 phases x 4 taps = 16 values.
     unsafe { filled_vec(d.c_out * d.c_in * 16, fill) }
+}
+
+/// Whether [`grad_input`] computes the input gradient of this convolution: the shapes of
+/// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms.
+pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
+    applies(d, g) && vector_transforms() && GRAD_INPUT.load(Ordering::Relaxed)
+}
+
+/// The input gradient's transformed kernels `[4 phases][c_out][9][c_in]`: output phase
+/// `(py, px)` is a 2x2 convolution of the padded gy whose tap `(dy, dx)` is
+/// `w[co, ci, 3 - 2dy - py, 3 - 2dx - px]`.
+fn grad_input_filter(w: &[f32], d: &Dims) -> Vec<f32> {
+    let (n, k) = (d.c_in, d.c_out);
+    let fill = |u: &mut [MaybeUninit<f32>]| {
+        // in parallel over (phase, output channel), each owning its 9 x c_in values
+        u.par_chunks_mut(9 * n).enumerate().for_each(|(j, part)| {
+            let (ph, co) = (j / k, j % k);
+            let (py, px) = (ph / 2, ph % 2);
+            for ci in 0..n {
+                let wk = &w[(co * n + ci) * 16..][..16];
+                let tap = |dy: usize, dx: usize| wk[(3 - 2 * dy - py) * 4 + 3 - 2 * dx - px];
+                let ut = filter_tile([[tap(0, 0), tap(0, 1)], [tap(1, 0), tap(1, 1)]]);
+                for (p, val) in ut.into_iter().enumerate() {
+                    part[p * n + ci].write(val);
+                }
+            }
+        })
+    };
+    // SAFETY: each chunk's loops write all of its 9 x c_in values.
+    unsafe { filled_vec(4 * k * 9 * n, fill) }
+}
+
+/// `∂/∂x` of `conv2d(x, w)` given `gy` ([`applies_grad_input`]), with `epi` applied to the
+/// finished gradient (a transposed convolution's forward with its bias and leaky ReLU).
+///
+/// Output pixel `(2a + py, 2b + px)` of gx sums 2x2 taps of gy around `(a, b)`: each output
+/// phase is a 2x2 convolution of the padded gy, by Winograd over 2x2 tiles of the phase
+/// (3x3 windows every 2 pixels, at the phase's offset): 36 products `[tiles, c_out] ·
+/// [c_out, c_in]`, 9 multiply-adds per tile and channel pair where the phase kernel does 16.
+pub(super) fn grad_input(
+    gy: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    epi: Option<Epilogue>,
+) -> Vec<f32> {
+    let tl = Tiling::pairs(d);
+    let u = grad_input_filter(w, d);
+    let (k, n, tiles) = (tl.k(), d.c_in, tl.tiles());
+    let (img_gy, img_gx) = (d.c_out * d.ho * d.wo, d.c_in * d.h * d.w);
+    let nb = group_images(tiles, b.div_ceil(threads()));
+    let tg = nb * tiles;
+    let fill = |gx: &mut [MaybeUninit<f32>]| {
+        per_thread_groups(gx, img_gx, b, nb, (k, 4 * n, tg), |i0, cnt, chunk, s| {
+            let gyg = &gy[i0 * img_gy..][..cnt * img_gy];
+            transform_input(gyg, cnt, &tl, &mut s.v, tg, &mut s.planes);
+            phase_products(&s.v, &u, &mut s.m, (d.c_out, n), tg, cnt * tiles);
+            grad_input_output(&s.m, cnt, d, tg, chunk, epi);
+        })
+    };
+    // SAFETY: the groups cover gx, and grad_input_output writes every pixel of each.
+    unsafe { filled_vec(b * img_gx, fill) }
+}
+
+/// `m[p][ph] = v[p][ph] · u[ph][p]` for the 4 phases and 9 points over the first `cols`
+/// tiles: `v` `[9][k = 4·c_out][lead(tg)]` (row `4co + ph`), `u` `[4][c_out][9][n]`, `m`
+/// `[9][4·n][lead(tg)]` (row `ph·n + ci`).
+fn phase_products(
+    v: &[f32],
+    u: &[f32],
+    m: &mut [f32],
+    (c_out, n): (usize, usize),
+    tg: usize,
+    cols: usize,
+) {
+    let ld = lead(tg);
+    let (vs, ms) = (point_stride(4 * c_out, ld), point_stride(4 * n, ld));
+    assert!(v.len() >= 9 * vs && u.len() >= 4 * c_out * 9 * n && m.len() >= 9 * ms);
+    assert!(cols <= tg);
+    for ph in 0..4 {
+        for p in 0..9 {
+            let lhs = Mat {
+                ptr: v[p * vs + ph * ld..].as_ptr(),
+                rs: 1,
+                cs: (4 * ld) as isize,
+            };
+            let rhs = Mat {
+                ptr: u[ph * c_out * 9 * n + p * n..].as_ptr(),
+                rs: (9 * n) as isize,
+                cs: 1,
+            };
+            let dst = &mut m[p * ms + ph * n * ld..][..n * ld];
+            product(dst, ld, (cols, n, c_out), lhs, rhs, false);
+        }
+    }
+}
+
+/// Aᵀ m A of [`phase_products`]' results into the gradient images (`[cnt][c_in][h][w]`).
+fn grad_input_output(
+    m: &[f32],
+    cnt: usize,
+    d: &Dims,
+    tg: usize,
+    gx: &mut [MaybeUninit<f32>],
+    epi: Option<Epilogue>,
+) {
+    let (th, tw) = (d.ho / 2, d.wo / 2);
+    let (n, tiles, plane) = (d.c_in, th * tw, d.h * d.w);
+    let ld = lead(tg);
+    let ms = point_stride(4 * n, ld);
+    assert!(m.len() >= 9 * ms && cnt * tiles <= tg && gx.len() >= cnt * n * plane);
+    assert!(d.h == 4 * th && d.w == 4 * tw);
+    // channel outside, images inside: the 36 reads per tile run along each channel's rows
+    for ci in 0..n {
+        let (bias, slope) = epilogue(epi, ci);
+        for i in 0..cnt {
+            let out = gx[(i * n + ci) * plane..][..plane]
+                .as_mut_ptr()
+                .cast::<f32>();
+            // SAFETY: applies_grad_input checked AVX2; point p of phase ph at tile t < tiles
+            // is at (ci + ph·n)·ld + i·tiles + t + p·ms < 9·ms (ci < n, i·tiles + t < tg <
+            // ld); the plane holds 16·th·tw = h·w floats.
+            unsafe {
+                super::wino_simd::finish_phases(
+                    m.as_ptr().add(ci * ld + i * tiles),
+                    ms,
+                    n * ld,
+                    (th, tw),
+                    out,
+                    bias,
+                    slope,
+                )
+            }
+        }
+    }
 }
