@@ -105,10 +105,14 @@ pub(super) fn cpu_label() -> String {
         Some(k) => format!("channels-last inference stacks on {k}"),
         None => "NCHW inference paths".to_string(),
     };
-    let winograd = if crate::model::conv::winograd_enabled() {
-        "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight gradient)"
-    } else {
+    let winograd = if !crate::model::conv::winograd_enabled() {
         "no Winograd (LATENT_ATLAS_NO_WINOGRAD set)"
+    } else if crate::model::conv::winograd_vector_transforms() {
+        "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight and input \
+         gradients; tile transforms vectorized)"
+    } else {
+        "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight gradient; \
+         scalar tile transforms)"
     };
     format!("{name}{family}, {kernels}, {stack}, {winograd}")
 }

@@ -14,7 +14,8 @@
 //!
 //! This file holds the candle ops; `kernels` splits a batch among threads and picks the inner
 //! kernel: `wino` (4x4 stride-2 forward and weight gradient by Winograd F(2x2, 2x2), 16+
-//! input and output channels, whole 2x2 output tiles), `implicit` (4x4 stride-2 forward and
+//! input and output channels, whole 2x2 output tiles; with AVX2 the input gradient too, its
+//! tile transforms vectorized in `wino_simd`), `implicit` (4x4 stride-2 forward and
 //! weight gradient with 32+ input channels otherwise,
 //! packing gemm's micro-kernel operands straight from stride-phase planes; `phases`: their
 //! input gradient as four 2x2 convolutions, one per stride phase), `unfold`
@@ -460,6 +461,13 @@ pub fn set_winograd(on: bool) {
 /// by default where the CPU has AVX2), else one tile at a time: tests pin one to the other.
 pub fn set_winograd_vector_transforms(on: bool) {
     wino::set_vector_transforms(on)
+}
+
+/// Whether the Winograd tile transforms run vectorized (the CPU has AVX2 and
+/// [`set_winograd_vector_transforms`] did not turn them off); the Winograd input gradient
+/// runs only then.
+pub fn winograd_vector_transforms() -> bool {
+    wino::vector_transforms()
 }
 
 /// Whether the input gradients of 4x4 stride-2 convolutions (and the transposed convolutions'

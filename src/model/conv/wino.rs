@@ -77,7 +77,7 @@ pub(super) fn set_vector_transforms(on: bool) {
 }
 
 /// Whether the input transform runs vectorized.
-fn vector_transforms() -> bool {
+pub(super) fn vector_transforms() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         VECTOR.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2")
