@@ -47,6 +47,13 @@ use super::unfold::Dims;
 use super::ConvGeom;
 use crate::model::activation::filled_vec;
 
+#[cfg(target_arch = "x86_64")]
+mod grad_input;
+mod grad_weight;
+#[cfg(target_arch = "x86_64")]
+pub(super) use grad_input::{applies_grad_input, grad_input};
+pub(super) use grad_weight::grad_weight;
+
 /// 0: not yet read from the environment, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
@@ -224,53 +231,25 @@ fn transform_input(
     let (vp, ps) = (v.as_mut_ptr(), point_stride(tl.k(), ld));
     #[cfg(target_arch = "x86_64")]
     if vector_transforms() {
-        use super::wino_simd::{Classes, Windows};
+        use super::wino_simd::Windows;
         let (windows, m) = match tl.pairs {
             false => (Windows::Strided, 4),
             true => (Windows::Pairs, 2),
         };
         assert!(tl.pad == 1 && tl.th * m == tl.sh && tl.tw * m == tl.sw);
-        // two class buffers in turns: a plane is split while the previous one is
-        // transformed, so that the transform's wide loads do not wait for the split's
-        // narrower stores to leave the store buffer (a load spanning two pending stores is
-        // not forwarded)
-        let mut cl = [
-            Classes::new(std::mem::take(&mut bufs[0]), tl.sh, tl.sw, windows),
-            Classes::new(std::mem::take(&mut bufs[1]), tl.sh, tl.sw, windows),
-        ];
-        let planes = tl.planes * cnt;
-        for j in 0..=planes {
-            // plane j: channel j / cnt of image j % cnt (channel outside: see below)
-            let (c, i) = (j / cnt, j % cnt);
-            if j < planes {
-                let s = &src[(i * tl.planes + c) * plane..][..plane];
-                // the next plane is a batch stride away (no hardware prefetcher follows
-                // that far): its lines are requested now
-                if j + 1 < planes {
-                    let (nc, ni) = ((j + 1) / cnt, (j + 1) % cnt);
-                    super::wino_simd::prefetch(&src[(ni * tl.planes + nc) * plane..][..plane]);
-                }
-                // SAFETY: AVX2 is available (vector_transforms); the plane has the sides
-                // the classes were made for (asserted).
-                unsafe { cl[j % 2].split(s) };
-            }
-            if j == 0 {
-                continue;
-            }
-            let (c, i) = ((j - 1) / cnt, (j - 1) % cnt);
-            for ph in 0..P * P {
-                let kk = c * P * P + ph;
-                // SAFETY: AVX2 is available; split filled these classes; the 9 rows at
-                // kk·ld + i·tiles, ps apart, each have `tiles` floats up to column
-                // cnt·tiles <= tg < ld (asserted above).
-                unsafe {
-                    cl[(j - 1) % 2].transform(ph / P, ph % P, vp.add(kk * ld + i * tiles), ps)
-                };
-            }
-        }
-        let [a, b] = cl;
-        bufs[0] = a.into_buffer();
-        bufs[1] = b.into_buffer();
+        // SAFETY: AVX2 is available (vector_transforms); the planes have the sides the
+        // windows need (asserted); the 9 rows at kk·ld + i·tiles, ps apart, each have `tiles`
+        // floats up to column cnt·tiles <= tg < ld (asserted above).
+        unsafe {
+            super::wino_simd::transform_planes(
+                src,
+                (cnt, tl.planes),
+                (tl.sh, tl.sw),
+                windows,
+                (vp, ld, ps),
+                bufs,
+            )
+        };
         return;
     }
     assert!(
@@ -323,33 +302,6 @@ fn transform_input(
                                 *q.add(2 * ps) = c2[a] - c1[a];
                             }
                         }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// G g Gᵀ of the 2x2 tiles of `cnt` images of the output gradient `gy` (`c_out` planes of
-/// `ho x wo`) into `u` (`[9][tg][c_out]`: channels contiguous, the weight gradient's
-/// products read it as a column-major left operand).
-fn transform_grad_tiles(gy: &[f32], cnt: usize, d: &Dims, u: &mut [f32], tg: usize) {
-    let (th, tw, n) = (d.ho / 2, d.wo / 2, d.c_out);
-    let (plane, tiles) = (d.ho * d.wo, th * tw);
-    let ldn = lead(n);
-    let ps = point_stride(tg, ldn);
-    assert!(gy.len() >= cnt * n * plane && u.len() >= 9 * ps && cnt * tiles <= tg);
-    for i in 0..cnt {
-        let gi = &gy[i * n * plane..][..n * plane];
-        for ty in 0..th {
-            for tx in 0..tw {
-                let col = i * tiles + ty * tw + tx;
-                let px = 2 * ty * d.wo + 2 * tx;
-                for (co, s) in gi.chunks_exact(plane).enumerate() {
-                    let g = [[s[px], s[px + 1]], [s[px + d.wo], s[px + d.wo + 1]]];
-                    let ut = filter_tile(g);
-                    for (p, val) in ut.into_iter().enumerate() {
-                        u[p * ps + col * ldn + co] = val;
                     }
                 }
             }
@@ -638,221 +590,6 @@ fn forward_output(
                     r1[2 * tx].write(o[1][0]);
                     r1[2 * tx + 1].write(o[1][1]);
                 }
-            }
-        }
-    }
-}
-
-/// `∂/∂w` of `conv2d(x, w)` given `gy` ([`applies`]), `[c_out, c_in, 4, 4]`.
-pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32> {
-    let tl = Tiling::strided(d);
-    let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
-    let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
-    let chunks = threads().min(b).max(1);
-    let per = b.div_ceil(chunks);
-    let nb = group_images(tiles, per);
-    let tg = nb * tiles;
-    let (ld, ldn) = (lead(tg), lead(n));
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            // [9][k][ldn], summed over this thread's images
-            let mut acc = vec![0f32; 9 * k * ldn];
-            with_scratch(k, n, tg, |s| {
-                let (start, end) = (c * per, ((c + 1) * per).min(b));
-                for i0 in (start..end).step_by(nb) {
-                    let cnt = nb.min(end - i0);
-                    let xg = &x[i0 * img..][..cnt * img];
-                    let gyg = &gy[i0 * out..][..cnt * out];
-                    transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
-                    transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
-                    let cols = cnt * tiles;
-                    // gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ: [n, cols] · [cols, k] into acc [9][k][n]
-                    for p in 0..9 {
-                        let lhs = Mat {
-                            ptr: s.m[p * point_stride(tg, ldn)..].as_ptr(),
-                            rs: 1,
-                            cs: ldn as isize,
-                        };
-                        let rhs = Mat {
-                            ptr: s.v[p * point_stride(k, ld)..].as_ptr(),
-                            rs: 1,
-                            cs: ld as isize,
-                        };
-                        let dst = &mut acc[p * k * ldn..][..k * ldn];
-                        product(dst, ldn, (n, k, cols), lhs, rhs, true);
-                    }
-                }
-            });
-            acc
-        })
-        .collect();
-    // Aᵀ m A per (k, co) of the threads' summed accumulators into gw[co, ci, 2dy + by,
-    // 2dx + bx], in parallel over blocks of 16 output channels: each (p, k) row is read 16
-    // channels at a time, and each block's 16 x c_in x 16 weights are finished in L1/L2
-    let ps = k * ldn;
-    const CB: usize = 16;
-    let fill = |gw: &mut [MaybeUninit<f32>]| {
-        gw.par_chunks_mut(CB * d.c_in * 16)
-            .enumerate()
-            .for_each(|(blk, gwb)| {
-                let co0 = blk * CB;
-                let cols = gwb.len() / (d.c_in * 16);
-                for kk in 0..k {
-                    let (ci, by, bx) = (kk / 4, (kk / 2) % 2, kk % 2);
-                    for j in 0..cols {
-                        let at = kk * ldn + co0 + j;
-                        let mut mt = [0f32; 9];
-                        for part in &partial {
-                            for (p, m) in mt.iter_mut().enumerate() {
-                                *m += part[p * ps + at];
-                            }
-                        }
-                        let o = output_tile(mt);
-                        let gwo = &mut gwb[(j * d.c_in + ci) * 16..][..16];
-                        for (dy, row) in o.iter().enumerate() {
-                            for (dx, &val) in row.iter().enumerate() {
-                                gwo[(2 * dy + by) * 4 + 2 * dx + bx].write(val);
-                            }
-                        }
-                    }
-                }
-            })
-    };
-    // SAFETY: every (co, ci) of each block gets its 4 phases x 4 taps = 16 values.
-    unsafe { filled_vec(d.c_out * d.c_in * 16, fill) }
-}
-
-/// Whether [`grad_input`] computes the input gradient of this convolution: the shapes of
-/// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms.
-pub(super) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    applies(d, g) && vector_transforms() && GRAD_INPUT.load(Ordering::Relaxed)
-}
-
-/// The input gradient's transformed kernels `[4 phases][c_out][9][c_in]`: output phase
-/// `(py, px)` is a 2x2 convolution of the padded gy whose tap `(dy, dx)` is
-/// `w[co, ci, 3 - 2dy - py, 3 - 2dx - px]`.
-fn grad_input_filter(w: &[f32], d: &Dims) -> Vec<f32> {
-    let (n, k) = (d.c_in, d.c_out);
-    let fill = |u: &mut [MaybeUninit<f32>]| {
-        // in parallel over (phase, output channel), each owning its 9 x c_in values
-        u.par_chunks_mut(9 * n).enumerate().for_each(|(j, part)| {
-            let (ph, co) = (j / k, j % k);
-            let (py, px) = (ph / 2, ph % 2);
-            for ci in 0..n {
-                let wk = &w[(co * n + ci) * 16..][..16];
-                let tap = |dy: usize, dx: usize| wk[(3 - 2 * dy - py) * 4 + 3 - 2 * dx - px];
-                let ut = filter_tile([[tap(0, 0), tap(0, 1)], [tap(1, 0), tap(1, 1)]]);
-                for (p, val) in ut.into_iter().enumerate() {
-                    part[p * n + ci].write(val);
-                }
-            }
-        })
-    };
-    // SAFETY: each chunk's loops write all of its 9 x c_in values.
-    unsafe { filled_vec(4 * k * 9 * n, fill) }
-}
-
-/// `∂/∂x` of `conv2d(x, w)` given `gy` ([`applies_grad_input`]), with `epi` applied to the
-/// finished gradient (a transposed convolution's forward with its bias and leaky ReLU).
-///
-/// Output pixel `(2a + py, 2b + px)` of gx sums 2x2 taps of gy around `(a, b)`: each output
-/// phase is a 2x2 convolution of the padded gy, by Winograd over 2x2 tiles of the phase
-/// (3x3 windows every 2 pixels, at the phase's offset): 36 products `[tiles, c_out] ·
-/// [c_out, c_in]`, 9 multiply-adds per tile and channel pair where the phase kernel does 16.
-pub(super) fn grad_input(
-    gy: &[f32],
-    w: &[f32],
-    b: usize,
-    d: &Dims,
-    epi: Option<Epilogue>,
-) -> Vec<f32> {
-    let tl = Tiling::pairs(d);
-    let u = grad_input_filter(w, d);
-    let (k, n, tiles) = (tl.k(), d.c_in, tl.tiles());
-    let (img_gy, img_gx) = (d.c_out * d.ho * d.wo, d.c_in * d.h * d.w);
-    let nb = group_images(tiles, b.div_ceil(threads()));
-    let tg = nb * tiles;
-    let fill = |gx: &mut [MaybeUninit<f32>]| {
-        per_thread_groups(gx, img_gx, b, nb, (k, 4 * n, tg), |i0, cnt, chunk, s| {
-            let gyg = &gy[i0 * img_gy..][..cnt * img_gy];
-            transform_input(gyg, cnt, &tl, &mut s.v, tg, &mut s.planes);
-            phase_products(&s.v, &u, &mut s.m, (d.c_out, n), tg, cnt * tiles);
-            grad_input_output(&s.m, cnt, d, tg, chunk, epi);
-        })
-    };
-    // SAFETY: the groups cover gx, and grad_input_output writes every pixel of each.
-    unsafe { filled_vec(b * img_gx, fill) }
-}
-
-/// `m[p][ph] = v[p][ph] · u[ph][p]` for the 4 phases and 9 points over the first `cols`
-/// tiles: `v` `[9][k = 4·c_out][lead(tg)]` (row `4co + ph`), `u` `[4][c_out][9][n]`, `m`
-/// `[9][4·n][lead(tg)]` (row `ph·n + ci`).
-fn phase_products(
-    v: &[f32],
-    u: &[f32],
-    m: &mut [f32],
-    (c_out, n): (usize, usize),
-    tg: usize,
-    cols: usize,
-) {
-    let ld = lead(tg);
-    let (vs, ms) = (point_stride(4 * c_out, ld), point_stride(4 * n, ld));
-    assert!(v.len() >= 9 * vs && u.len() >= 4 * c_out * 9 * n && m.len() >= 9 * ms);
-    assert!(cols <= tg);
-    for ph in 0..4 {
-        for p in 0..9 {
-            let lhs = Mat {
-                ptr: v[p * vs + ph * ld..].as_ptr(),
-                rs: 1,
-                cs: (4 * ld) as isize,
-            };
-            let rhs = Mat {
-                ptr: u[ph * c_out * 9 * n + p * n..].as_ptr(),
-                rs: (9 * n) as isize,
-                cs: 1,
-            };
-            let dst = &mut m[p * ms + ph * n * ld..][..n * ld];
-            product(dst, ld, (cols, n, c_out), lhs, rhs, false);
-        }
-    }
-}
-
-/// Aᵀ m A of [`phase_products`]' results into the gradient images (`[cnt][c_in][h][w]`).
-fn grad_input_output(
-    m: &[f32],
-    cnt: usize,
-    d: &Dims,
-    tg: usize,
-    gx: &mut [MaybeUninit<f32>],
-    epi: Option<Epilogue>,
-) {
-    let (th, tw) = (d.ho / 2, d.wo / 2);
-    let (n, tiles, plane) = (d.c_in, th * tw, d.h * d.w);
-    let ld = lead(tg);
-    let ms = point_stride(4 * n, ld);
-    assert!(m.len() >= 9 * ms && cnt * tiles <= tg && gx.len() >= cnt * n * plane);
-    assert!(d.h == 4 * th && d.w == 4 * tw);
-    // channel outside, images inside: the 36 reads per tile run along each channel's rows
-    for ci in 0..n {
-        let (bias, slope) = epilogue(epi, ci);
-        for i in 0..cnt {
-            let out = gx[(i * n + ci) * plane..][..plane]
-                .as_mut_ptr()
-                .cast::<f32>();
-            // SAFETY: applies_grad_input checked AVX2; point p of phase ph at tile t < tiles
-            // is at (ci + ph·n)·ld + i·tiles + t + p·ms < 9·ms (ci < n, i·tiles + t < tg <
-            // ld); the plane holds 16·th·tw = h·w floats.
-            unsafe {
-                super::wino_simd::finish_phases(
-                    m.as_ptr().add(ci * ld + i * tiles),
-                    ms,
-                    n * ld,
-                    (th, tw),
-                    out,
-                    bias,
-                    slope,
-                )
             }
         }
     }

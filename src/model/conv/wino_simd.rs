@@ -293,6 +293,61 @@ impl Classes {
     }
 }
 
+/// Bᵀ d B of every tile of `cnt` images of `planes` planes of `h x w` in `src` (image-major)
+/// for `windows`: phase `ph` of plane `c` of image `i` into the 9 rows at
+/// `v + (4c + ph)·ld + i·tiles`, `ps` apart. Channel outside, images inside: the writes to
+/// each channel's rows run along the tiles, so every line of v is finished while in L1.
+/// Each plane is split while the previous one is transformed (two class buffers in turns; a
+/// precaution against the transform's wide loads waiting on the split's narrower stores,
+/// which measured within the noise).
+///
+/// # Safety
+/// AVX2 is available; the sides suit `windows` ([`Classes::new`]); every row written lies in
+/// `v`'s allocation and no two overlap.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn transform_planes(
+    src: &[f32],
+    (cnt, planes): (usize, usize),
+    (h, w): (usize, usize),
+    windows: Windows,
+    (vp, ld, ps): (*mut f32, usize, usize),
+    bufs: &mut [Vec<f32>; 2],
+) {
+    let plane = h * w;
+    assert!(src.len() >= cnt * planes * plane);
+    let mut cl = [
+        Classes::new(std::mem::take(&mut bufs[0]), h, w, windows),
+        Classes::new(std::mem::take(&mut bufs[1]), h, w, windows),
+    ];
+    let tiles = cl[0].th * cl[0].tw;
+    let total = planes * cnt;
+    for j in 0..=total {
+        if j < total {
+            // plane j: channel j / cnt of image j % cnt
+            let (c, i) = (j / cnt, j % cnt);
+            let s = &src[(i * planes + c) * plane..][..plane];
+            // the next plane is a batch stride away (no hardware prefetcher follows that
+            // far): its lines are requested now
+            if j + 1 < total {
+                let (nc, ni) = ((j + 1) / cnt, (j + 1) % cnt);
+                prefetch(&src[(ni * planes + nc) * plane..][..plane]);
+            }
+            cl[j % 2].split(s);
+        }
+        if j == 0 {
+            continue;
+        }
+        let (c, i) = ((j - 1) / cnt, (j - 1) % cnt);
+        for ph in 0..4 {
+            let rows = vp.add((4 * c + ph) * ld + i * tiles);
+            cl[(j - 1) % 2].transform(ph / 2, ph % 2, rows, ps);
+        }
+    }
+    let [a, b] = cl;
+    bufs[0] = a.into_buffer();
+    bufs[1] = b.into_buffer();
+}
+
 /// Asks for the cache lines of `data` (into L1).
 pub(super) fn prefetch(data: &[f32]) {
     for line in data.chunks(16) {

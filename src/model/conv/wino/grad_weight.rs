@@ -1,0 +1,120 @@
+//! The Winograd weight gradient (`wino.rs`): `gw[k] = Σ_o d[o + k] · gy[o]` is, per 2x2
+//! tile of `gy`, a 2x2 "output" `k` filtered by the gy tile, so the sum over tiles and images
+//! becomes the inner dimension of 9 products `[co, tiles] · [tiles, 4·ci]`.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::{
+    filter_tile, group_images, lead, output_tile, point_stride, product, threads, transform_input,
+    with_scratch, Dims, Mat, Tiling,
+};
+use crate::model::activation::filled_vec;
+
+/// `∂/∂w` of `conv2d(x, w)` given `gy` ([`applies`]), `[c_out, c_in, 4, 4]`.
+pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32> {
+    let tl = Tiling::strided(d);
+    let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
+    let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
+    let chunks = threads().min(b).max(1);
+    let per = b.div_ceil(chunks);
+    let nb = group_images(tiles, per);
+    let tg = nb * tiles;
+    let (ld, ldn) = (lead(tg), lead(n));
+    let partial: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            // [9][k][ldn], summed over this thread's images
+            let mut acc = vec![0f32; 9 * k * ldn];
+            with_scratch(k, n, tg, |s| {
+                let (start, end) = (c * per, ((c + 1) * per).min(b));
+                for i0 in (start..end).step_by(nb) {
+                    let cnt = nb.min(end - i0);
+                    let xg = &x[i0 * img..][..cnt * img];
+                    let gyg = &gy[i0 * out..][..cnt * out];
+                    transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
+                    transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
+                    let cols = cnt * tiles;
+                    // gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ: [n, cols] · [cols, k] into acc [9][k][n]
+                    for p in 0..9 {
+                        let lhs = Mat {
+                            ptr: s.m[p * point_stride(tg, ldn)..].as_ptr(),
+                            rs: 1,
+                            cs: ldn as isize,
+                        };
+                        let rhs = Mat {
+                            ptr: s.v[p * point_stride(k, ld)..].as_ptr(),
+                            rs: 1,
+                            cs: ld as isize,
+                        };
+                        let dst = &mut acc[p * k * ldn..][..k * ldn];
+                        product(dst, ldn, (n, k, cols), lhs, rhs, true);
+                    }
+                }
+            });
+            acc
+        })
+        .collect();
+    // Aᵀ m A per (k, co) of the threads' summed accumulators into gw[co, ci, 2dy + by,
+    // 2dx + bx], in parallel over blocks of 16 output channels: each (p, k) row is read 16
+    // channels at a time, and each block's 16 x c_in x 16 weights are finished in L1/L2
+    let ps = k * ldn;
+    const CB: usize = 16;
+    let fill = |gw: &mut [MaybeUninit<f32>]| {
+        gw.par_chunks_mut(CB * d.c_in * 16)
+            .enumerate()
+            .for_each(|(blk, gwb)| {
+                let co0 = blk * CB;
+                let cols = gwb.len() / (d.c_in * 16);
+                for kk in 0..k {
+                    let (ci, by, bx) = (kk / 4, (kk / 2) % 2, kk % 2);
+                    for j in 0..cols {
+                        let at = kk * ldn + co0 + j;
+                        let mut mt = [0f32; 9];
+                        for part in &partial {
+                            for (p, m) in mt.iter_mut().enumerate() {
+                                *m += part[p * ps + at];
+                            }
+                        }
+                        let o = output_tile(mt);
+                        let gwo = &mut gwb[(j * d.c_in + ci) * 16..][..16];
+                        for (dy, row) in o.iter().enumerate() {
+                            for (dx, &val) in row.iter().enumerate() {
+                                gwo[(2 * dy + by) * 4 + 2 * dx + bx].write(val);
+                            }
+                        }
+                    }
+                }
+            })
+    };
+    // SAFETY: every (co, ci) of each block gets its 4 phases x 4 taps = 16 values.
+    unsafe { filled_vec(d.c_out * d.c_in * 16, fill) }
+}
+
+/// G g Gᵀ of the 2x2 tiles of `cnt` images of the output gradient `gy` (`c_out` planes of
+/// `ho x wo`) into `u` (`[9][tg][c_out]`: channels contiguous, the weight gradient's
+/// products read it as a column-major left operand).
+fn transform_grad_tiles(gy: &[f32], cnt: usize, d: &Dims, u: &mut [f32], tg: usize) {
+    let (th, tw, n) = (d.ho / 2, d.wo / 2, d.c_out);
+    let (plane, tiles) = (d.ho * d.wo, th * tw);
+    let ldn = lead(n);
+    let ps = point_stride(tg, ldn);
+    assert!(gy.len() >= cnt * n * plane && u.len() >= 9 * ps && cnt * tiles <= tg);
+    for i in 0..cnt {
+        let gi = &gy[i * n * plane..][..n * plane];
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = i * tiles + ty * tw + tx;
+                let px = 2 * ty * d.wo + 2 * tx;
+                for (co, s) in gi.chunks_exact(plane).enumerate() {
+                    let g = [[s[px], s[px + 1]], [s[px + d.wo], s[px + d.wo + 1]]];
+                    let ut = filter_tile(g);
+                    for (p, val) in ut.into_iter().enumerate() {
+                        u[p * ps + col * ldn + co] = val;
+                    }
+                }
+            }
+        }
+    }
+}
