@@ -154,13 +154,20 @@ impl Classes {
                 g += 1;
             }
         }
-        // padded column 0 (class 0 at 0) and w + 1 (class 1 at tw: its shifted copy at
-        // tw - 1) are zero; the loops above wrote the neighbouring tile row's values there
-        for mr in 0..4 {
-            for ty in 0..=th {
-                let (z0, z5) = (self.at(mr, 0, ty), self.at(mr, 5, ty) + tw - 1);
-                *q.add(z0) = 0.0;
-                *q.add(z5) = 0.0;
+        // padded column w + 1 is class 1 at tw: its shifted copy (kind 5) at tw - 1
+        self.zero_edges(5);
+    }
+
+    /// Zeroes padded column 0 (kind 0 at 0) and padded column `w + 1` (kind `last` at
+    /// `tw - 1`) in every tile row of every row class: the splits' vector stores wrote the
+    /// neighbouring tile row's values there.
+    fn zero_edges(&mut self, last: usize) {
+        let row_classes = self.q.len() / (self.kinds * self.len());
+        for mr in 0..row_classes {
+            for ty in 0..=self.th {
+                let (z0, z1) = (self.at(mr, 0, ty), self.at(mr, last, ty) + self.tw - 1);
+                self.q[z0] = 0.0;
+                self.q[z1] = 0.0;
             }
         }
     }
@@ -206,14 +213,8 @@ impl Classes {
                 g += 1;
             }
         }
-        // padded column 0 (E at 0) and w + 1 (O at tw: Os at tw - 1) are zero
-        for mr in 0..2 {
-            for ty in 0..=th {
-                let (z0, z3) = (self.at(mr, 0, ty), self.at(mr, 3, ty) + tw - 1);
-                *q.add(z0) = 0.0;
-                *q.add(z3) = 0.0;
-            }
-        }
+        // padded column w + 1 is O at tw: its shifted copy Os (kind 3) at tw - 1
+        self.zero_edges(3);
     }
 
     /// Bᵀ d B of every tile of phase `(by, bx)` (of the strided input's phase planes, or of
