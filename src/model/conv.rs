@@ -47,6 +47,10 @@ mod wino_simd;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
 use unfold::Dims;
+pub use wino::{
+    set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
+    winograd_enabled, winograd_vector_transforms,
+};
 
 /// Geometry of a square-kernel convolution (dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,60 +447,6 @@ pub fn conv_stack_leaky(
         let _ = (x, layers, slope, cache);
         Ok(None)
     }
-}
-
-/// Whether 4x4 stride-2 convolutions with enough channels run on the Winograd kernels.
-pub fn winograd_enabled() -> bool {
-    wino::enabled()
-}
-
-/// Turns the Winograd F(2x2, 2x2) kernels for 4x4 stride-2 convolutions (`conv/wino.rs`) on or
-/// off for this process (on by default; `LATENT_ATLAS_NO_WINOGRAD` in the environment turns
-/// them off): benchmarks time both routes in turns, tests pin each to the other.
-pub fn set_winograd(on: bool) {
-    wino::set_enabled(on)
-}
-
-/// Whether the Winograd input transform runs vectorized over tiles (`conv/wino_simd.rs`, on
-/// by default where the CPU has AVX2), else one tile at a time: tests pin one to the other.
-pub fn set_winograd_vector_transforms(on: bool) {
-    wino::set_vector_transforms(on)
-}
-
-/// Whether the Winograd tile transforms run vectorized (the CPU has AVX2 and
-/// [`set_winograd_vector_transforms`] did not turn them off); the Winograd input gradient
-/// runs only then.
-pub fn winograd_vector_transforms() -> bool {
-    wino::vector_transforms()
-}
-
-/// Whether the input gradients of 4x4 stride-2 convolutions (and the transposed convolutions'
-/// forward) may run on the Winograd kernels (on by default, where the vector transforms run):
-/// benchmarks compare the routes in turns.
-pub fn set_winograd_input_gradient(on: bool) {
-    wino::set_input_gradient(on)
-}
-
-/// Whether a batch of `batch` images `[c_in, h, w]` through a convolution to `c_out` channels
-/// with `geom` runs on the Winograd kernels (its forward, and its weight gradient; its input
-/// gradient too where the vector transforms run): for tests and benchmarks that must know
-/// which route they measure.
-pub fn winograd_applies(
-    batch: usize,
-    c_in: usize,
-    (h, w): (usize, usize),
-    c_out: usize,
-    geom: ConvGeom,
-) -> bool {
-    let d = Dims {
-        c_in,
-        h,
-        w,
-        c_out,
-        ho: geom.conv_out(h),
-        wo: geom.conv_out(w),
-    };
-    batch >= kernels::threads() && wino::applies(&d, &geom)
 }
 
 /// Whether the convolutions run on our AVX-512 micro-kernel (the CPU has AVX-512F and

@@ -236,12 +236,13 @@ pub(super) fn grad_input_fused(
     epi: Option<Epilogue>,
 ) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
-    if epi.is_some() && b >= threads() && wino::applies_grad_input(d, g) {
-        return (wino::grad_input(gy, w, b, d, epi), true);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if epi.is_some() && b >= threads() && phases::applies_grad_input(d, g) {
-        return (phases::grad_input(gy, w, b, d, g, epi), true);
+    if epi.is_some() && b >= threads() {
+        if wino::applies_grad_input(d, g) {
+            return (wino::grad_input(gy, w, b, d, epi), true);
+        }
+        if phases::applies_grad_input(d, g) {
+            return (phases::grad_input(gy, w, b, d, g, epi), true);
+        }
     }
     (grad_input(gy, w, b, d, g), false)
 }
@@ -445,12 +446,13 @@ fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32
 
 pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if b >= threads() && wino::applies_grad_input(d, g) {
-        return wino::grad_input(gy, w, b, d, None);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if b >= threads() && phases::applies_grad_input(d, g) {
-        return phases::grad_input(gy, w, b, d, g, None);
+    if b >= threads() {
+        if wino::applies_grad_input(d, g) {
+            return wino::grad_input(gy, w, b, d, None);
+        }
+        if phases::applies_grad_input(d, g) {
+            return phases::grad_input(gy, w, b, d, g, None);
+        }
     }
     // A stride-1 convolution's adjoint is the stride-1 convolution of gy with the flipped,
     // transposed kernel and padding k-1-p. When gy has fewer channels than x (an RGB output

@@ -37,7 +37,6 @@
 //! layer's input transform: 5.5 → 2.9 thread-ms per batch).
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
@@ -53,54 +52,13 @@ mod grad_weight;
 #[cfg(target_arch = "x86_64")]
 pub(super) use grad_input::{applies_grad_input, grad_input};
 pub(super) use grad_weight::grad_weight;
-
-/// 0: not yet read from the environment, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
-
-/// Whether the Winograd kernels may run: on unless `LATENT_ATLAS_NO_WINOGRAD` is set, or
-/// [`set_enabled`] turned them off.
-pub(super) fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var_os("LATENT_ATLAS_NO_WINOGRAD").is_none();
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    }
-}
-
-/// Turns the Winograd kernels on or off for this process (benchmarks and harnesses compare
-/// both routes in turns).
-pub(super) fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-/// Whether the input transform may run vectorized (`wino_simd.rs`) where AVX2 is available.
-static VECTOR: AtomicBool = AtomicBool::new(true);
-
-pub(super) fn set_vector_transforms(on: bool) {
-    VECTOR.store(on, Ordering::Relaxed);
-}
-
-/// Whether the input transform runs vectorized.
-pub(super) fn vector_transforms() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        VECTOR.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the input gradient may run on [`grad_input`].
-static GRAD_INPUT: AtomicBool = AtomicBool::new(true);
-
-pub(super) fn set_input_gradient(on: bool) {
-    GRAD_INPUT.store(on, Ordering::Relaxed);
-}
+mod switches;
+#[cfg(target_arch = "x86_64")]
+use switches::input_gradient_enabled;
+pub use switches::{
+    set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
+    winograd_enabled, winograd_vector_transforms,
+};
 
 /// Fewest input channels of the 2x2 phase convolution (4 per input channel: 16 input
 /// channels) and fewest output channels for which the Winograd route runs: with shorter
@@ -126,7 +84,7 @@ pub(super) fn applies(d: &Dims, g: &ConvGeom) -> bool {
         && 4 * d.c_in >= MIN_CHANNELS
         && d.c_out >= MIN_OUT
         && d.c_in >= MIN_OUT / 4
-        && enabled()
+        && winograd_enabled()
 }
 
 /// G g Gᵀ of a 2x2 tile `g[row][col]`, as 9 values `p = 3·row + col` (explicit: `array::map`
@@ -150,7 +108,8 @@ fn output_tile(m: [f32; 9]) -> [[f32; 2]; 2] {
     ]
 }
 
-/// Geometry of one Winograd convolution over tiles of a padded source plane.
+/// Geometry of one Winograd convolution over tiles of a source plane padded by 1 on every
+/// side.
 #[derive(Clone, Copy)]
 struct Tiling {
     /// Source planes per image (input channels of the original convolution or of gy).
@@ -158,10 +117,6 @@ struct Tiling {
     /// Source plane side.
     sh: usize,
     sw: usize,
-    /// Padded copy of a plane: side and offset of the source's first pixel in it.
-    ph: usize,
-    pw: usize,
-    pad: usize,
     /// Tiles per axis and per image.
     th: usize,
     tw: usize,
@@ -185,9 +140,6 @@ impl Tiling {
             planes: d.c_in,
             sh: d.h,
             sw: d.w,
-            ph: d.h + 2,
-            pw: d.w + 2,
-            pad: 1,
             th: d.ho / 2,
             tw: d.wo / 2,
             pairs: false,
@@ -201,9 +153,6 @@ impl Tiling {
             planes: d.c_out,
             sh: d.ho,
             sw: d.wo,
-            ph: d.ho + 2,
-            pw: d.wo + 2,
-            pad: 1,
             th: d.ho / 2,
             tw: d.wo / 2,
             pairs: true,
@@ -224,20 +173,22 @@ fn transform_input(
 ) {
     const P: usize = 2;
     let (tiles, plane) = (tl.tiles(), tl.sh * tl.sw);
-    let (pw, pp) = (tl.pw, tl.ph * tl.pw);
+    // the padded plane: side + 2, the source's first pixel at (1, 1)
+    let (pad, pw) = (1, tl.sw + 2);
+    let pp = (tl.sh + 2) * pw;
     assert!(src.len() >= cnt * tl.planes * plane);
     let ld = lead(tg);
     assert!(v.len() >= 9 * point_stride(tl.k(), ld) && cnt * tiles <= tg);
     let (vp, ps) = (v.as_mut_ptr(), point_stride(tl.k(), ld));
     #[cfg(target_arch = "x86_64")]
-    if vector_transforms() {
+    if winograd_vector_transforms() {
         use super::wino_simd::Windows;
         let (windows, m) = match tl.pairs {
             false => (Windows::Strided, 4),
             true => (Windows::Pairs, 2),
         };
-        assert!(tl.pad == 1 && tl.th * m == tl.sh && tl.tw * m == tl.sw);
-        // SAFETY: AVX2 is available (vector_transforms); the planes have the sides the
+        assert!(tl.th * m == tl.sh && tl.tw * m == tl.sw);
+        // SAFETY: AVX2 is available (winograd_vector_transforms); the planes have the sides the
         // windows need (asserted); the 9 rows at kk·ld + i·tiles, ps apart, each have `tiles`
         // floats up to column cnt·tiles <= tg < ld (asserted above).
         unsafe {
@@ -256,10 +207,9 @@ fn transform_input(
         !tl.pairs,
         "the input gradient's windows have vector transforms only"
     );
-    let (step, rs) = (2 * P, P * tl.pw);
+    let (step, rs) = (2 * P, P * pw);
     // the last tile's last value of the last phase lies inside the padded plane
     assert!((step * (tl.th - 1) + P - 1) * pw + step * (tl.tw - 1) + P - 1 + 2 * rs + 2 * P < pp);
-    assert!(tl.pad + tl.sh <= tl.ph && tl.pad + tl.sw <= tl.pw);
     let buf = &mut bufs[0];
     buf.clear();
     buf.resize(pp, 0.0);
@@ -270,7 +220,7 @@ fn transform_input(
         for i in 0..cnt {
             let s = &src[(i * tl.planes + c) * plane..][..plane];
             for (y, row) in s.chunks_exact(tl.sw).enumerate() {
-                buf[(y + tl.pad) * pw + tl.pad..][..tl.sw].copy_from_slice(row);
+                buf[(y + pad) * pw + pad..][..tl.sw].copy_from_slice(row);
             }
             for ph in 0..P * P {
                 let (by, bx) = (ph / P, ph % P);
@@ -549,14 +499,14 @@ fn forward_output(
     let ps = point_stride(n, ld);
     assert!(m.len() >= 9 * ps && cnt * tiles <= tg && y.len() >= cnt * n * plane);
     #[cfg(target_arch = "x86_64")]
-    if vector_transforms() {
+    if winograd_vector_transforms() {
         for co in 0..n {
             let (bias, slope) = epilogue(epi, co);
             for i in 0..cnt {
                 let out = y[(i * n + co) * plane..][..plane]
                     .as_mut_ptr()
                     .cast::<f32>();
-                // SAFETY: AVX2 is available (vector_transforms); point p of tile t < tiles
+                // SAFETY: AVX2 is available (winograd_vector_transforms); point p of tile t < tiles
                 // is at co·ld + i·tiles + t + p·ps < 9·ps (i·tiles + t < tg < ld); the plane
                 // holds ho·wo = 4·th·tw floats.
                 unsafe {

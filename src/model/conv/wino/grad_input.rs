@@ -3,20 +3,20 @@
 //! its 3x3 windows split into class rows and transformed by `wino_simd.rs`.
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::Ordering;
 
 use rayon::prelude::*;
 
 use super::{
-    applies, epilogue, filter_tile, group_images, lead, per_thread_groups, point_stride, product,
-    threads, transform_input, vector_transforms, ConvGeom, Dims, Epilogue, Mat, Tiling, GRAD_INPUT,
+    applies, epilogue, filter_tile, group_images, input_gradient_enabled, lead, per_thread_groups,
+    point_stride, product, threads, transform_input, winograd_vector_transforms, ConvGeom, Dims,
+    Epilogue, Mat, Tiling,
 };
 use crate::model::activation::filled_vec;
 
 /// Whether [`grad_input`] computes the input gradient of this convolution: the shapes of
 /// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms.
 pub(in crate::model::conv) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    applies(d, g) && vector_transforms() && GRAD_INPUT.load(Ordering::Relaxed)
+    applies(d, g) && winograd_vector_transforms() && input_gradient_enabled()
 }
 
 /// The input gradient's transformed kernels `[4 phases][c_out][9][c_in]`: output phase
