@@ -269,9 +269,11 @@ fn batch_of_one_matches_native_with_gradients() {
     }
 }
 
-/// Weight gradients over 1024+ pixels per image take the dot-product kernel (conv::dot):
-/// output channels not a multiple of its groups of 4, rows not a multiple of its blocks, a
-/// pixel count not a multiple of 8; for a conv and for a transposed conv's backward.
+/// Weight gradients over 1024+ pixels per image take the dot-product kernel (conv::dot): for a
+/// 3x3 conv with up to 8 outputs as shifted dot products over padded rows (conv::direct),
+/// for a transposed conv's backward over im2col rows; output channels not a multiple of its
+/// groups of 4 (one and two groups), rows not a multiple of its blocks, a pixel count and a
+/// padded row length not multiples of 8.
 #[test]
 fn weight_gradients_by_dot_products_match_native() {
     let same = ConvGeom {
@@ -279,7 +281,7 @@ fn weight_gradients_by_dot_products_match_native() {
         stride: 1,
         padding: 1,
     };
-    for c_out in [6, 3, 1] {
+    for c_out in [8, 7, 6, 3, 1] {
         let x = Var::from_tensor(&rand(&[2, 5, 33, 33], 40 + c_out as u64)).unwrap();
         let w = Var::from_tensor(&rand(&[c_out, 5, 3, 3], 50 + c_out as u64)).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), same).unwrap();

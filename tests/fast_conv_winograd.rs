@@ -1,7 +1,8 @@
 //! The Winograd F(2x2, 2x2) kernels of 4x4 stride-2 convolutions (`conv/wino.rs`: the forward
 //! and the weight gradient) against candle's native ops, outputs and gradients, with the input
 //! transform vectorized (`conv/wino_simd.rs`, which also runs the input gradient: the four
-//! output phases' 2x2 convolutions) and one tile at a time; then the same
+//! output phases' 2x2 convolutions; once with it and once with the stride-phase input
+//! gradient, the default with our AVX-512 kernel) and one tile at a time; then the same
 //! shapes with the Winograd kernels turned off (the implicit-gemm and stride-phase routes
 //! they replace). One test in its own binary: `set_winograd` is process-wide, and no other
 //! test may run between the two halves.
@@ -11,8 +12,10 @@ use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
 
 use candle_core::{Tensor, Var};
 use latent_atlas::model::conv::{
-    conv2d, conv2d_bias_leaky, conv_transpose2d, conv_transpose2d_bias_leaky, set_winograd,
-    set_winograd_vector_transforms, winograd_applies, winograd_enabled, ConvGeom,
+    avx512_kernels_enabled, conv2d, conv2d_bias_leaky, conv_transpose2d,
+    conv_transpose2d_bias_leaky, set_winograd, set_winograd_input_gradient,
+    set_winograd_vector_transforms, winograd_applies, winograd_enabled, winograd_input_gradient,
+    ConvGeom, InputGradientRoute,
 };
 
 const G: ConvGeom = ConvGeom {
@@ -138,7 +141,19 @@ fn winograd_kernels_match_native_and_the_routes_they_replace() {
         assert!(!winograd_enabled());
     } else {
         assert!(winograd_enabled(), "on by default");
+        // the input gradient on Winograd is on by default only without our AVX-512 kernel;
+        // both of its routes are checked here whatever the CPU
+        let default = if avx512_kernels_enabled() {
+            InputGradientRoute::Wide
+        } else {
+            InputGradientRoute::All
+        };
+        assert_eq!(winograd_input_gradient(), default);
+        set_winograd_input_gradient(InputGradientRoute::All);
         check_all(true);
+        set_winograd_input_gradient(InputGradientRoute::Off);
+        check_all(true);
+        set_winograd_input_gradient(InputGradientRoute::All);
         // the scalar input transform (CPUs without AVX2)
         set_winograd_vector_transforms(false);
         check_all(true);

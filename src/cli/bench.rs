@@ -105,14 +105,26 @@ pub(super) fn cpu_label() -> String {
         Some(k) => format!("channels-last inference stacks on {k}"),
         None => "NCHW inference paths".to_string(),
     };
+    use crate::model::conv::InputGradientRoute;
     let winograd = if !crate::model::conv::winograd_enabled() {
-        "no Winograd (LATENT_ATLAS_NO_WINOGRAD set)"
+        "no Winograd (LATENT_ATLAS_NO_WINOGRAD set)".to_string()
     } else if crate::model::conv::winograd_vector_transforms() {
-        "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight and input \
-         gradients; tile transforms vectorized)"
+        let gi = match crate::model::conv::winograd_input_gradient() {
+            InputGradientRoute::All => "input gradients".to_string(),
+            InputGradientRoute::Wide => format!(
+                "input gradients from {} gradient channels, narrower by stride phases",
+                crate::model::conv::WIDE_GRADIENT
+            ),
+            InputGradientRoute::Off => "input gradients by stride phases".to_string(),
+        };
+        format!(
+            "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight gradient, \
+             {gi}; tile transforms vectorized)"
+        )
     } else {
         "Winograd F(2x2,2x2) for 4x4 stride-2 training convs (forward, weight gradient; \
          scalar tile transforms)"
+            .to_string()
     };
     format!("{name}{family}, {kernels}, {stack}, {winograd}")
 }

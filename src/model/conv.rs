@@ -49,7 +49,8 @@ use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_wei
 use unfold::Dims;
 pub use wino::{
     set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
-    winograd_enabled, winograd_vector_transforms,
+    winograd_enabled, winograd_input_gradient, winograd_vector_transforms, InputGradientRoute,
+    WIDE_GRADIENT,
 };
 
 /// Geometry of a square-kernel convolution (dilation 1).

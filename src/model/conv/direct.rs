@@ -1,5 +1,5 @@
 //! Direct stride-1 convolution for few output channels (the decoders' RGB output conv,
-//! 16 → 3, 3x3): no im2col.
+//! 16 → 3, 3x3, and the Split-VAE's 16 → 7): no im2col.
 //!
 //! Through im2col that layer wrote and re-read a 144 x 4096 matrix per image (2.4 MB, past
 //! the L2 cache) and then ran gemm with 3 output columns, about 32 GFLOP/s. Here each image
@@ -10,8 +10,13 @@
 use super::unfold::Dims;
 use super::ConvGeom;
 
-/// Output channels up to which [`conv_rows`] applies.
-pub(super) const MAX_OUT: usize = 4;
+/// Output channels up to which [`conv_rows`] applies: two groups of [`GROUP`] (the
+/// Split-VAE's 16 → 7 output conv at 64x64, batch 64: 13.2 ms by im2col + gemm with 7
+/// columns).
+pub(super) const MAX_OUT: usize = 8;
+/// Output channels per pass of the kernel: `GROUP x PV` accumulators, `PV` loads and one
+/// broadcast fill the 16 AVX2 registers.
+const GROUP: usize = 4;
 
 /// Whether this kernel runs `g` with `d` on this CPU (stride 1, at most [`MAX_OUT`] outputs,
 /// AVX2 and FMA).
@@ -78,13 +83,33 @@ pub(super) fn conv_rows(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `applies` checked AVX2 and FMA; the asserts bound every index the kernel uses.
     unsafe {
-        let f = match d.c_out {
-            1 => fma::rows::<1>,
-            2 => fma::rows::<2>,
-            3 => fma::rows::<3>,
-            _ => fma::rows::<4>,
-        };
-        f(padded, wp, hp, w, d, g.kernel, rows, y, channel_stride);
+        // groups of at most GROUP output channels (their accumulators fill the registers), each
+        // a pass over the padded image
+        let per_channel = d.c_in * g.kernel * g.kernel;
+        let mut c0 = 0;
+        while c0 < d.c_out {
+            let cnt = GROUP.min(d.c_out - c0);
+            let f = match cnt {
+                1 => fma::rows::<1>,
+                2 => fma::rows::<2>,
+                3 => fma::rows::<3>,
+                _ => fma::rows::<4>,
+            };
+            let wg = &w[c0 * per_channel..];
+            let yg = &mut y[c0 * channel_stride..];
+            f(
+                padded,
+                wp,
+                hp,
+                wg,
+                d,
+                g.kernel,
+                rows.clone(),
+                yg,
+                channel_stride,
+            );
+            c0 += cnt;
+        }
     }
 }
 
@@ -144,4 +169,74 @@ mod fma {
             }
         }
     }
+}
+
+/// Whether [`grad_weight`] computes this convolution's weight gradient: the shapes of
+/// [`applies`] with a 3x3 kernel.
+pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
+    applies(d, g) && g.kernel == 3
+}
+
+/// `∂/∂w` (`[c_out, c_in, 3, 3]`) of a stride-1 3x3 convolution with few output channels
+/// ([`applies_grad_weight`]) without im2col: each image is zero-padded once (rows `w + 2p`
+/// long) and each output-gradient row copied into a row of the same length whose tail is
+/// zero; then tap `(ky, kx)` of channel `ci` is one long dot product of the padded gradient
+/// with the padded channel read from row `ky`, column `kx` on (the zero tails cancel the
+/// wrapped reads). Per image: 2.4 MB of im2col columns at 64x64 with 16 channels, written
+/// and read back, avoided. Images in parallel, one accumulator per thread.
+pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(applies_grad_weight(d, g));
+    let p = g.padding;
+    let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
+    // stride 1, kernel 3: ho = hp - 2, wo = wp - 2
+    let n = d.ho * wp;
+    let rows = d.c_in * 9;
+    let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
+    assert!(x.len() >= b * img && gy.len() >= b * out);
+    let chunks = super::kernels::threads().min(b).max(1);
+    let per = b.div_ceil(chunks);
+    let partial: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![0f32; d.c_out * rows];
+            // 2 floats past the last padded plane: the shift-2 reads of its last band
+            let mut xp = vec![0f32; d.c_in * hp * wp + 2];
+            let mut gp = vec![0f32; d.c_out * n];
+            let mut a3 = [0f32; 12];
+            for i in c * per..((c + 1) * per).min(b) {
+                // interiors only: the borders and tails stay zero from the allocation
+                for ci in 0..d.c_in {
+                    for iy in 0..d.h {
+                        let src = &x[i * img + (ci * d.h + iy) * d.w..][..d.w];
+                        xp[(ci * hp + iy + p) * wp + p..][..d.w].copy_from_slice(src);
+                    }
+                }
+                for co in 0..d.c_out {
+                    for oy in 0..d.ho {
+                        let src = &gy[i * out + (co * d.ho + oy) * d.wo..][..d.wo];
+                        gp[co * n + oy * wp..][..d.wo].copy_from_slice(src);
+                    }
+                }
+                for co0 in (0..d.c_out).step_by(4) {
+                    let cnt = 4.min(d.c_out - co0);
+                    for ci in 0..d.c_in {
+                        for ky in 0..3 {
+                            a3.fill(0.0);
+                            let band = &xp[(ci * hp + ky) * wp..];
+                            super::dot::shifted_dots3(&gp[co0 * n..], band, cnt, n, &mut a3);
+                            for a in 0..cnt {
+                                let dst = &mut acc[(co0 + a) * rows + ci * 9 + ky * 3..][..3];
+                                for (o, v) in dst.iter_mut().zip(&a3[a * 3..a * 3 + 3]) {
+                                    *o += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    super::kernels::sum_partials(partial, d.c_out * rows)
 }

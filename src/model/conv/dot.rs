@@ -68,6 +68,39 @@ pub(super) fn preferred(c_out: usize, n: usize) -> bool {
     c_out <= 4 || n >= 1024
 }
 
+/// `acc[a * 3 + b] += Σ_{p < n} gy[a * n + p] · x[b + p]` for `a < c_out` (1 to 4) and
+/// `b < 3`: `c_out` rows against one row at the shifts 0, 1 and 2, read once per pass (a
+/// stride-1 3x3 convolution's weight gradient over one band of padded rows, `direct.rs`).
+/// Without AVX2 and FMA, plain loops.
+pub(super) fn shifted_dots3(gy: &[f32], x: &[f32], c_out: usize, n: usize, acc: &mut [f32]) {
+    assert!(
+        (1..=4).contains(&c_out)
+            && gy.len() >= c_out * n
+            && x.len() >= n + 2
+            && acc.len() >= c_out * 3
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); row b of the shifted view (ld 1)
+        // is x[b..b + n], inside x by the assert, and the gy rows and acc are too.
+        unsafe {
+            match c_out {
+                1 => fma::block::<1, 3>(gy, x, 1, 0, 3, n, acc),
+                2 => fma::block::<2, 3>(gy, x, 1, 0, 3, n, acc),
+                3 => fma::block::<3, 3>(gy, x, 1, 0, 3, n, acc),
+                _ => fma::block::<4, 3>(gy, x, 1, 0, 3, n, acc),
+            }
+        }
+        return;
+    }
+    for a in 0..c_out {
+        let g = &gy[a * n..][..n];
+        for b in 0..3 {
+            acc[a * 3 + b] += g.iter().zip(&x[b..b + n]).map(|(u, v)| u * v).sum::<f32>();
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod fma {
     use std::arch::x86_64::*;
@@ -93,9 +126,10 @@ mod fma {
         }
     }
 
-    /// `acc[a, r0 + b] += gy[a, :] · cols[r0 + b, :]` for `a < CO`, `b < RB`.
+    /// `acc[a, r0 + b] += gy[a, :] · cols[r0 + b, :]` for `a < CO`, `b < RB` (row `r` of
+    /// `cols` at `r · ld`: `ld` may be shorter than a row, for overlapping shifted rows).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const CO: usize, const RB: usize>(
+    pub(super) unsafe fn block<const CO: usize, const RB: usize>(
         gy: &[f32],
         cols: &[f32],
         ld: usize,

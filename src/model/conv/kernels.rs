@@ -418,7 +418,7 @@ pub(super) fn forward_and_grad_weight(
     (y, sum_partials(partial, d.c_out * rows))
 }
 
-fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+pub(super) fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     for p in partial {
         for (o, v) in out.iter_mut().zip(p) {
@@ -591,6 +591,9 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeo
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {
         return implicit::grad_weight(x, gy, b, d, g);
+    }
+    if b >= threads() && direct::applies_grad_weight(d, g) {
+        return direct::grad_weight(x, gy, b, d, g);
     }
     let (rows, n) = (d.col_rows(g), d.col_cols());
     let out = d.c_out * n;

@@ -54,10 +54,11 @@ pub(super) use grad_input::{applies_grad_input, grad_input};
 pub(super) use grad_weight::grad_weight;
 mod switches;
 #[cfg(target_arch = "x86_64")]
-use switches::input_gradient_enabled;
+use switches::input_gradient_takes;
 pub use switches::{
     set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
-    winograd_enabled, winograd_vector_transforms,
+    winograd_enabled, winograd_input_gradient, winograd_vector_transforms, InputGradientRoute,
+    WIDE_GRADIENT,
 };
 
 /// Fewest input channels of the 2x2 phase convolution (4 per input channel: 16 input

@@ -7,16 +7,17 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::{
-    applies, epilogue, filter_tile, group_images, input_gradient_enabled, lead, per_thread_groups,
+    applies, epilogue, filter_tile, group_images, input_gradient_takes, lead, per_thread_groups,
     point_stride, product, threads, transform_input, winograd_vector_transforms, ConvGeom, Dims,
     Epilogue, Mat, Tiling,
 };
 use crate::model::activation::filled_vec;
 
 /// Whether [`grad_input`] computes the input gradient of this convolution: the shapes of
-/// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms.
+/// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms, where
+/// the route of [`super::winograd_input_gradient`] takes `d.c_out` gradient channels.
 pub(in crate::model::conv) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    applies(d, g) && winograd_vector_transforms() && input_gradient_enabled()
+    applies(d, g) && winograd_vector_transforms() && input_gradient_takes(d.c_out)
 }
 
 /// The input gradient's transformed kernels `[4 phases][c_out][9][c_in]`: output phase

@@ -10,8 +10,9 @@ use super::{applies, ConvGeom, Dims};
 static STATE: AtomicU8 = AtomicU8::new(0);
 /// Whether the tile transforms may run vectorized (`wino_simd.rs`) where AVX2 is available.
 static VECTOR: AtomicBool = AtomicBool::new(true);
-/// Whether the input gradient may run on `grad_input`.
-static GRAD_INPUT: AtomicBool = AtomicBool::new(true);
+/// Which input gradients run on `grad_input`: 0 the CPU's default (see
+/// [`winograd_input_gradient`]), else as [`set_winograd_input_gradient`] set it.
+static GRAD_INPUT: AtomicU8 = AtomicU8::new(0);
 
 /// Whether 4x4 stride-2 convolutions with enough channels run on the Winograd kernels: on
 /// unless `LATENT_ATLAS_NO_WINOGRAD` is set or [`set_winograd`] turned them off.
@@ -53,15 +54,59 @@ pub fn winograd_vector_transforms() -> bool {
     }
 }
 
-/// Whether the input gradients of 4x4 stride-2 convolutions (and the transposed convolutions'
-/// forward) may run on the Winograd kernels (on by default, where the vector transforms run).
-pub fn set_winograd_input_gradient(on: bool) {
-    GRAD_INPUT.store(on, Ordering::Relaxed);
+/// Which input gradients of 4x4 stride-2 convolutions (and so which transposed convolutions'
+/// forwards) run on the Winograd kernels, where the vector transforms run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputGradientRoute {
+    /// Every shape the Winograd kernels take (the default without our AVX-512 kernel: on
+    /// AVX2 alone, Winograd is faster for every training layer; session 16, Zen 3).
+    All,
+    /// Only products over at least [`WIDE_GRADIENT`] gradient channels, the rest by stride
+    /// phases (the default with our AVX-512 micro-kernel, which makes the phase kernel the
+    /// faster one for narrower layers).
+    Wide,
+    /// None: all by stride phases.
+    Off,
 }
 
-/// Whether [`set_winograd_input_gradient`] left the Winograd input gradient on.
-pub(in crate::model::conv) fn input_gradient_enabled() -> bool {
-    GRAD_INPUT.load(Ordering::Relaxed)
+/// Fewest output-gradient channels for which [`InputGradientRoute::Wide`] runs the input
+/// gradient on Winograd. Measured inside training steps on a Xeon with AVX-512 (batch 64,
+/// per call): the 128 → 256 layer at 8x8 (and the 256 → 128 transposed forward) 8.8-9.1 ms
+/// by Winograd against 11.3-11.8 by phases; 64 → 128 at 16x16 10.0-13.5 against 6.1-8.5;
+/// 32 → 64 at 32x32 9.0-10.2 against 6.6-7.9.
+pub const WIDE_GRADIENT: usize = 256;
+
+/// Sets which input gradients run on Winograd for this process, instead of the CPU's
+/// default.
+pub fn set_winograd_input_gradient(route: InputGradientRoute) {
+    let v = match route {
+        InputGradientRoute::All => 1,
+        InputGradientRoute::Wide => 2,
+        InputGradientRoute::Off => 3,
+    };
+    GRAD_INPUT.store(v, Ordering::Relaxed);
+}
+
+/// Which input gradients run on Winograd: as [`set_winograd_input_gradient`] set it, else
+/// the CPU's default ([`InputGradientRoute::Wide`] where our AVX-512 micro-kernel runs,
+/// [`InputGradientRoute::All`] elsewhere).
+pub fn winograd_input_gradient() -> InputGradientRoute {
+    match GRAD_INPUT.load(Ordering::Relaxed) {
+        0 if super::super::micro::has_avx512() => InputGradientRoute::Wide,
+        0 | 1 => InputGradientRoute::All,
+        2 => InputGradientRoute::Wide,
+        _ => InputGradientRoute::Off,
+    }
+}
+
+/// Whether the route of [`winograd_input_gradient`] takes an input gradient over `c_out`
+/// gradient channels.
+pub(in crate::model::conv) fn input_gradient_takes(c_out: usize) -> bool {
+    match winograd_input_gradient() {
+        InputGradientRoute::All => true,
+        InputGradientRoute::Wide => c_out >= WIDE_GRADIENT,
+        InputGradientRoute::Off => false,
+    }
 }
 
 /// Whether a batch of `batch` images `[c_in, h, w]` through a convolution to `c_out` channels
