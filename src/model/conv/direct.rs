@@ -7,6 +7,9 @@
 //! `PV` vectors x `CO` channels held in registers: per kernel tap, `PV` loads and `CO`
 //! broadcasts feed `CO x PV` FMAs.
 
+use rayon::prelude::*;
+
+use super::kernels::{sum_partials, threads};
 use super::unfold::Dims;
 use super::ConvGeom;
 
@@ -171,6 +174,44 @@ mod fma {
     }
 }
 
+/// A batch's forward by [`conv_rows`] (requires [`applies`]): in parallel over images, or
+/// over bands of output rows when there are fewer images than threads.
+pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom, y: &mut [f32]) {
+    let (img, n) = (d.c_in * d.h * d.w, d.col_cols());
+    if b >= threads() {
+        y.par_chunks_mut(d.c_out * n)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (i, yb)| {
+                let wp = pad_image(&x[i * img..][..img], d, g, buf);
+                conv_rows(buf, wp, w, d, g, 0..d.ho, yb, n);
+            });
+        return;
+    }
+    let band = d.ho.div_ceil(threads()).max(1);
+    let mut buf = Vec::new();
+    for (i, yb) in y.chunks_mut(d.c_out * n).enumerate() {
+        let wp = pad_image(&x[i * img..][..img], d, g, &mut buf);
+        let padded = &buf[..];
+        // each band into its own [c_out, rows, wo] block, then copied into place
+        let bands: Vec<(usize, Vec<f32>)> = (0..d.ho.div_ceil(band))
+            .into_par_iter()
+            .map(|j| {
+                let r = j * band..((j + 1) * band).min(d.ho);
+                let stride = r.len() * d.wo;
+                let mut out = vec![0f32; d.c_out * stride];
+                conv_rows(padded, wp, w, d, g, r.clone(), &mut out, stride);
+                (r.start, out)
+            })
+            .collect();
+        for (start, out) in bands {
+            let stride = out.len() / d.c_out;
+            for (co, part) in out.chunks(stride).enumerate() {
+                yb[co * n + start * d.wo..][..stride].copy_from_slice(part);
+            }
+        }
+    }
+}
+
 /// Whether [`grad_weight`] computes this convolution's weight gradient: the shapes of
 /// [`applies`] with a 3x3 kernel.
 pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
@@ -185,7 +226,6 @@ pub(super) fn applies_grad_weight(d: &Dims, g: &ConvGeom) -> bool {
 /// wrapped reads). Per image: 2.4 MB of im2col columns at 64x64 with 16 channels, written
 /// and read back, avoided. Images in parallel, one accumulator per thread.
 pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
-    use rayon::prelude::*;
     assert!(applies_grad_weight(d, g));
     let p = g.padding;
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
@@ -194,7 +234,7 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeo
     let rows = d.c_in * 9;
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
     assert!(x.len() >= b * img && gy.len() >= b * out);
-    let chunks = super::kernels::threads().min(b).max(1);
+    let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
     let partial: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
@@ -238,5 +278,5 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeo
             acc
         })
         .collect();
-    super::kernels::sum_partials(partial, d.c_out * rows)
+    sum_partials(partial, d.c_out * rows)
 }

@@ -293,7 +293,7 @@ fn forward_impl(
     }
     let mut y = vec![0f32; b * d.c_out * n];
     if use_direct {
-        forward_direct(x, w, b, d, g, &mut y);
+        direct::forward(x, w, b, d, g, &mut y);
         return (y, false);
     }
     // Fewer images than threads (a batch-1 decode): the im2col is split by input channel among
@@ -318,44 +318,6 @@ fn forward_impl(
         }
     }
     (y, false)
-}
-
-/// [`forward`] by the direct kernel ([`direct::applies`]): in parallel over images, or over
-/// bands of output rows when there are fewer images than threads.
-fn forward_direct(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom, y: &mut [f32]) {
-    let (img, n) = (d.c_in * d.h * d.w, d.col_cols());
-    if b >= threads() {
-        y.par_chunks_mut(d.c_out * n)
-            .enumerate()
-            .for_each_init(Vec::new, |buf, (i, yb)| {
-                let wp = direct::pad_image(&x[i * img..][..img], d, g, buf);
-                direct::conv_rows(buf, wp, w, d, g, 0..d.ho, yb, n);
-            });
-        return;
-    }
-    let band = d.ho.div_ceil(threads()).max(1);
-    let mut buf = Vec::new();
-    for (i, yb) in y.chunks_mut(d.c_out * n).enumerate() {
-        let wp = direct::pad_image(&x[i * img..][..img], d, g, &mut buf);
-        let padded = &buf[..];
-        // each band into its own [c_out, rows, wo] block, then copied into place
-        let bands: Vec<(usize, Vec<f32>)> = (0..d.ho.div_ceil(band))
-            .into_par_iter()
-            .map(|j| {
-                let r = j * band..((j + 1) * band).min(d.ho);
-                let stride = r.len() * d.wo;
-                let mut out = vec![0f32; d.c_out * stride];
-                direct::conv_rows(padded, wp, w, d, g, r.clone(), &mut out, stride);
-                (r.start, out)
-            })
-            .collect();
-        for (start, out) in bands {
-            let stride = out.len() / d.c_out;
-            for (co, part) in out.chunks(stride).enumerate() {
-                yb[co * n + start * d.wo..][..stride].copy_from_slice(part);
-            }
-        }
-    }
 }
 
 /// `(conv2d(x, w), ∂/∂w given gy)` from one im2col of each image of `x`: the backward of a
