@@ -92,7 +92,7 @@ pub fn set_winograd_input_gradient(route: InputGradientRoute) {
 /// [`InputGradientRoute::All`] elsewhere).
 pub fn winograd_input_gradient() -> InputGradientRoute {
     match GRAD_INPUT.load(Ordering::Relaxed) {
-        0 if super::super::micro::has_avx512() => InputGradientRoute::Wide,
+        0 if crate::model::conv::avx512_kernels_enabled() => InputGradientRoute::Wide,
         0 | 1 => InputGradientRoute::All,
         2 => InputGradientRoute::Wide,
         _ => InputGradientRoute::Off,
