@@ -17,8 +17,8 @@ use super::ConvGeom;
 /// Split-VAE's 16 → 7 output conv at 64x64, batch 64: 13.2 ms by im2col + gemm with 7
 /// columns).
 pub(super) const MAX_OUT: usize = 8;
-/// Output channels per pass of the kernel: `GROUP x PV` accumulators, `PV` loads and one
-/// broadcast fill the 16 AVX2 registers.
+/// Output channels per pass of the AVX2 kernel: `GROUP x PV` accumulators, `PV` loads and one
+/// broadcast fill the 16 AVX2 registers (the AVX-512 kernel takes all [`MAX_OUT`] at once).
 const GROUP: usize = 4;
 
 /// Whether this kernel runs `g` with `d` on this CPU (stride 1, at most [`MAX_OUT`] outputs,
@@ -44,8 +44,27 @@ const PV: usize = 3;
 
 /// Row length of the padded copy: every block's loads stay inside it.
 fn padded_width(d: &Dims, g: &ConvGeom) -> usize {
-    d.wo.div_ceil(PV * LANES) * PV * LANES + g.kernel - 1
+    let block = block_pixels();
+    d.wo.div_ceil(block) * block + g.kernel - 1
 }
+
+/// Whether the AVX-512 kernel runs (our AVX-512 kernels are on): all of up to 8 output
+/// channels in one pass, 32 pixels per block.
+fn wide() -> bool {
+    super::avx512_kernels_enabled()
+}
+
+/// Output pixels per block of the kernel that runs.
+fn block_pixels() -> usize {
+    if wide() {
+        WIDE_BLOCK
+    } else {
+        PV * LANES
+    }
+}
+
+/// Pixels per block of the AVX-512 kernel (2 vectors of 16).
+const WIDE_BLOCK: usize = 32;
 
 /// Copies one image (`[c_in, h, w]`) into `buf` with `padding` zeros on every side (and on
 /// the right up to [`padded_width`]); returns the padded row length.
@@ -84,19 +103,40 @@ pub(super) fn conv_rows(
     assert!(rows.end <= d.ho && wp >= padded_width(d, g));
     assert!(y.len() >= (d.c_out - 1) * channel_stride + rows.len() * d.wo);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `applies` checked AVX2 and FMA; the asserts bound every index the kernel uses.
+    // SAFETY: `applies` checked AVX2 and FMA, `wide` AVX-512F for its kernel; the asserts
+    // bound every index the kernels use (the padded rows cover whole blocks).
     unsafe {
-        // groups of at most GROUP output channels (their accumulators fill the registers), each
-        // a pass over the padded image
+        // groups of at most GROUP output channels (their accumulators fill the registers; all
+        // 8 at once with AVX-512's 32 registers), each a pass over the padded image
         let per_channel = d.c_in * g.kernel * g.kernel;
+        let group = if wide() { MAX_OUT } else { GROUP };
         let mut c0 = 0;
         while c0 < d.c_out {
-            let cnt = GROUP.min(d.c_out - c0);
-            let f = match cnt {
-                1 => fma::rows::<1>,
-                2 => fma::rows::<2>,
-                3 => fma::rows::<3>,
-                _ => fma::rows::<4>,
+            let cnt = group.min(d.c_out - c0);
+            type Rows = unsafe fn(
+                &[f32],
+                usize,
+                usize,
+                &[f32],
+                &Dims,
+                usize,
+                std::ops::Range<usize>,
+                &mut [f32],
+                usize,
+            );
+            let f: Rows = match (wide(), cnt) {
+                (true, 1) => avx512::rows::<1>,
+                (true, 2) => avx512::rows::<2>,
+                (true, 3) => avx512::rows::<3>,
+                (true, 4) => avx512::rows::<4>,
+                (true, 5) => avx512::rows::<5>,
+                (true, 6) => avx512::rows::<6>,
+                (true, 7) => avx512::rows::<7>,
+                (true, _) => avx512::rows::<8>,
+                (false, 1) => fma::rows::<1>,
+                (false, 2) => fma::rows::<2>,
+                (false, 3) => fma::rows::<3>,
+                (false, _) => fma::rows::<4>,
             };
             let wg = &w[c0 * per_channel..];
             let yg = &mut y[c0 * channel_stride..];
@@ -207,6 +247,61 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom, y:
             let stride = out.len() / d.c_out;
             for (co, part) in out.chunks(stride).enumerate() {
                 yb[co * n + start * d.wo..][..stride].copy_from_slice(part);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Dims, WIDE_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// [`super::fma::rows`] with 16-lane vectors, 2 per block, and up to 8 output channels
+    /// (16 accumulators): the same sums in the same order, so the same bits.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows<const CO: usize>(
+        padded: &[f32],
+        wp: usize,
+        hp: usize,
+        w: &[f32],
+        d: &Dims,
+        k: usize,
+        rows: std::ops::Range<usize>,
+        y: &mut [f32],
+        channel_stride: usize,
+    ) {
+        let kk = k * k;
+        let mut out = [[0f32; WIDE_BLOCK]; CO];
+        for (r, oy) in rows.enumerate() {
+            let mut ox = 0;
+            while ox < d.wo {
+                let mut s = [[_mm512_setzero_ps(); 2]; CO];
+                for c in 0..d.c_in {
+                    for ky in 0..k {
+                        let row = padded.as_ptr().add((c * hp + oy + ky) * wp + ox);
+                        for kx in 0..k {
+                            let v0 = _mm512_loadu_ps(row.add(kx));
+                            let v1 = _mm512_loadu_ps(row.add(kx + 16));
+                            for (co, sc) in s.iter_mut().enumerate() {
+                                let wv = _mm512_set1_ps(
+                                    *w.get_unchecked(co * d.c_in * kk + c * kk + ky * k + kx),
+                                );
+                                sc[0] = _mm512_fmadd_ps(wv, v0, sc[0]);
+                                sc[1] = _mm512_fmadd_ps(wv, v1, sc[1]);
+                            }
+                        }
+                    }
+                }
+                let len = WIDE_BLOCK.min(d.wo - ox);
+                for (co, sc) in s.iter().enumerate() {
+                    _mm512_storeu_ps(out[co].as_mut_ptr(), sc[0]);
+                    _mm512_storeu_ps(out[co].as_mut_ptr().add(16), sc[1]);
+                    let dst = &mut y[co * channel_stride + r * d.wo + ox..][..len];
+                    dst.copy_from_slice(&out[co][..len]);
+                }
+                ox += WIDE_BLOCK;
             }
         }
     }
