@@ -156,62 +156,104 @@ pub(super) fn conv_rows(
     }
 }
 
+/// One kernel body for both instruction sets: for each block of `PV` vectors of `LANES`
+/// output pixels of a row, `CO x PV` accumulators over every input channel and tap (per tap,
+/// `PV` loads and one broadcast per output channel), stored through a small buffer so that a
+/// partial last block writes only its pixels. Both sum in the same order, so give the same
+/// bits.
 #[cfg(target_arch = "x86_64")]
-mod fma {
-    use super::{Dims, LANES, PV};
-    use std::arch::x86_64::*;
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows<const CO: usize>(
-        padded: &[f32],
-        wp: usize,
-        hp: usize,
-        w: &[f32],
-        d: &Dims,
-        k: usize,
-        rows: std::ops::Range<usize>,
-        y: &mut [f32],
-        channel_stride: usize,
-    ) {
-        let kk = k * k;
-        let block = PV * LANES;
-        let mut out = [[0f32; PV * LANES]; CO];
-        for (r, oy) in rows.enumerate() {
-            let mut ox = 0;
-            while ox < d.wo {
-                let mut s = [[_mm256_setzero_ps(); PV]; CO];
-                for c in 0..d.c_in {
-                    for ky in 0..k {
-                        let row = padded.as_ptr().add((c * hp + oy + ky) * wp + ox);
-                        for kx in 0..k {
-                            let mut v = [_mm256_setzero_ps(); PV];
-                            for (j, vj) in v.iter_mut().enumerate() {
-                                *vj = _mm256_loadu_ps(row.add(kx + j * LANES));
-                            }
-                            for (co, sc) in s.iter_mut().enumerate() {
-                                let wv = _mm256_set1_ps(
-                                    *w.get_unchecked(co * d.c_in * kk + c * kk + ky * k + kx),
-                                );
-                                for (acc, vj) in sc.iter_mut().zip(&v) {
-                                    *acc = _mm256_fmadd_ps(wv, *vj, *acc);
+macro_rules! rows_kernel {
+    ($feature:literal, $lanes:expr, $pv:expr, $zero:ident, $load:ident, $set1:ident,
+     $fmadd:ident, $store:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn rows<const CO: usize>(
+            padded: &[f32],
+            wp: usize,
+            hp: usize,
+            w: &[f32],
+            d: &Dims,
+            k: usize,
+            rows: std::ops::Range<usize>,
+            y: &mut [f32],
+            channel_stride: usize,
+        ) {
+            const LANES: usize = $lanes;
+            const PV: usize = $pv;
+            let kk = k * k;
+            let block = PV * LANES;
+            let mut out = [[0f32; PV * LANES]; CO];
+            for (r, oy) in rows.enumerate() {
+                let mut ox = 0;
+                while ox < d.wo {
+                    let mut s = [[$zero(); PV]; CO];
+                    for c in 0..d.c_in {
+                        for ky in 0..k {
+                            let row = padded.as_ptr().add((c * hp + oy + ky) * wp + ox);
+                            for kx in 0..k {
+                                let mut v = [$zero(); PV];
+                                for (j, vj) in v.iter_mut().enumerate() {
+                                    *vj = $load(row.add(kx + j * LANES));
+                                }
+                                for (co, sc) in s.iter_mut().enumerate() {
+                                    let wv = $set1(
+                                        *w.get_unchecked(co * d.c_in * kk + c * kk + ky * k + kx),
+                                    );
+                                    for (acc, vj) in sc.iter_mut().zip(&v) {
+                                        *acc = $fmadd(wv, *vj, *acc);
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                let len = block.min(d.wo - ox);
-                for (co, sc) in s.iter().enumerate() {
-                    for (j, acc) in sc.iter().enumerate() {
-                        _mm256_storeu_ps(out[co].as_mut_ptr().add(j * LANES), *acc);
+                    let len = block.min(d.wo - ox);
+                    for (co, sc) in s.iter().enumerate() {
+                        for (j, acc) in sc.iter().enumerate() {
+                            $store(out[co].as_mut_ptr().add(j * LANES), *acc);
+                        }
+                        let dst = &mut y[co * channel_stride + r * d.wo + ox..][..len];
+                        dst.copy_from_slice(&out[co][..len]);
                     }
-                    let dst = &mut y[co * channel_stride + r * d.wo + ox..][..len];
-                    dst.copy_from_slice(&out[co][..len]);
+                    ox += block;
                 }
-                ox += block;
             }
         }
-    }
+    };
+}
+
+/// AVX2 + FMA: 3 vectors of 8 pixels, up to 4 output channels per pass.
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use super::Dims;
+    use std::arch::x86_64::*;
+    rows_kernel!(
+        "avx2,fma",
+        super::LANES,
+        super::PV,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
+}
+
+/// AVX-512F: 2 vectors of 16 pixels (`WIDE_BLOCK`), up to 8 output channels (16
+/// accumulators of the 32 registers) in one pass.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Dims;
+    use std::arch::x86_64::*;
+    rows_kernel!(
+        "avx512f",
+        16,
+        super::WIDE_BLOCK / 16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
 }
 
 /// A batch's forward by [`conv_rows`] (requires [`applies`]): in parallel over images, or
@@ -247,61 +289,6 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom, y:
             let stride = out.len() / d.c_out;
             for (co, part) in out.chunks(stride).enumerate() {
                 yb[co * n + start * d.wo..][..stride].copy_from_slice(part);
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Dims, WIDE_BLOCK};
-    use std::arch::x86_64::*;
-
-    /// [`super::fma::rows`] with 16-lane vectors, 2 per block, and up to 8 output channels
-    /// (16 accumulators): the same sums in the same order, so the same bits.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows<const CO: usize>(
-        padded: &[f32],
-        wp: usize,
-        hp: usize,
-        w: &[f32],
-        d: &Dims,
-        k: usize,
-        rows: std::ops::Range<usize>,
-        y: &mut [f32],
-        channel_stride: usize,
-    ) {
-        let kk = k * k;
-        let mut out = [[0f32; WIDE_BLOCK]; CO];
-        for (r, oy) in rows.enumerate() {
-            let mut ox = 0;
-            while ox < d.wo {
-                let mut s = [[_mm512_setzero_ps(); 2]; CO];
-                for c in 0..d.c_in {
-                    for ky in 0..k {
-                        let row = padded.as_ptr().add((c * hp + oy + ky) * wp + ox);
-                        for kx in 0..k {
-                            let v0 = _mm512_loadu_ps(row.add(kx));
-                            let v1 = _mm512_loadu_ps(row.add(kx + 16));
-                            for (co, sc) in s.iter_mut().enumerate() {
-                                let wv = _mm512_set1_ps(
-                                    *w.get_unchecked(co * d.c_in * kk + c * kk + ky * k + kx),
-                                );
-                                sc[0] = _mm512_fmadd_ps(wv, v0, sc[0]);
-                                sc[1] = _mm512_fmadd_ps(wv, v1, sc[1]);
-                            }
-                        }
-                    }
-                }
-                let len = WIDE_BLOCK.min(d.wo - ox);
-                for (co, sc) in s.iter().enumerate() {
-                    _mm512_storeu_ps(out[co].as_mut_ptr(), sc[0]);
-                    _mm512_storeu_ps(out[co].as_mut_ptr().add(16), sc[1]);
-                    let dst = &mut y[co * channel_stride + r * d.wo + ox..][..len];
-                    dst.copy_from_slice(&out[co][..len]);
-                }
-                ox += WIDE_BLOCK;
             }
         }
     }
