@@ -108,7 +108,10 @@ fn implicit_gemm_kernels_match_native() {
 /// kernel on the flipped, transposed weights: one strip per image (4x4), several (8x8,
 /// 16x16), 288-1152 rows (two to five 256-row slices), output channels not a multiple of the
 /// 6-channel panels, more and fewer outputs than inputs, and the weight gradient by the
-/// implicit kernel (accumulator within 512 KB) and by im2col + gemm (128 channels).
+/// implicit kernel (accumulator within 512 KB) and by im2col + gemm (128 channels). Where
+/// the Winograd F(2x2, 3x3) kernels run (AVX2), the shapes with 32+ input and output
+/// channels take those instead; `fast_conv_winograd3.rs` checks them with the kernels on and
+/// off.
 #[test]
 fn implicit_stride_one_kernels_match_native() {
     let g = ConvGeom {

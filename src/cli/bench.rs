@@ -126,7 +126,15 @@ pub(super) fn cpu_label() -> String {
          scalar tile transforms)"
             .to_string()
     };
-    format!("{name}{family}, {kernels}, {stack}, {winograd}")
+    #[cfg(target_arch = "x86_64")]
+    let winograd3 = if crate::model::conv::winograd3_enabled() {
+        "Winograd F(2x2,3x3) for 3x3 stride-1 training convs of 32+ channels"
+    } else {
+        "3x3 stride-1 convs by implicit gemm (no Winograd F(2x2,3x3))"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let winograd3 = "3x3 stride-1 convs by im2col + gemm";
+    format!("{name}{family}, {kernels}, {stack}, {winograd}, {winograd3}")
 }
 
 /// The figures measured together, in the order the sides take turns: each training kind

@@ -19,8 +19,10 @@
 //! weight gradient with 32+ input channels otherwise,
 //! packing gemm's micro-kernel operands straight from stride-phase planes; `phases`: their
 //! input gradient as four 2x2 convolutions, one per stride phase), `unfold`
-//! (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for at most 4 output
-//! channels) or `dot` (weight gradients as register-blocked dot products).
+//! (im2col / col2im) with `mm` (gemm), `direct` (stride-1 convolution for at most 8 output
+//! channels) or `dot` (weight gradients as register-blocked dot products). `wino3` runs the
+//! 3x3 stride-1 convolutions of 32+ channels (the Split-VAE's residual blocks: forward,
+//! weight gradient, and the input gradient as a forward) by Winograd F(2x2, 3x3).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -43,6 +45,8 @@ mod unfold;
 mod wide;
 mod wino;
 #[cfg(target_arch = "x86_64")]
+mod wino3;
+#[cfg(target_arch = "x86_64")]
 mod wino_simd;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
@@ -52,6 +56,8 @@ pub use wino::{
     winograd_enabled, winograd_input_gradient, winograd_vector_transforms, InputGradientRoute,
     WIDE_GRADIENT,
 };
+#[cfg(target_arch = "x86_64")]
+pub use wino3::{set_winograd3, winograd3_applies, winograd3_enabled};
 
 /// Geometry of a square-kernel convolution (dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::mm::{as_uninit, matmul, matmul_into, Mat};
 use super::unfold::{col2im, im2col, Dims};
 use super::{direct, dot, wino, ConvGeom};
 #[cfg(target_arch = "x86_64")]
-use super::{implicit, phases};
+use super::{implicit, phases, wino3};
 use crate::model::activation::filled_vec;
 
 /// candle's thread count, read once (candle re-reads the CPU mask from `/proc` on each call).
@@ -216,6 +216,10 @@ pub(super) fn forward_fused(
         return (wino::forward(x, w, b, d, epi), epi.is_some());
     }
     #[cfg(target_arch = "x86_64")]
+    if b >= threads() && wino3::applies(d, g) {
+        return (wino3::forward(x, w, b, d, epi), epi.is_some());
+    }
+    #[cfg(target_arch = "x86_64")]
     if epi.is_some() && b >= threads() && implicit::applies(d, g) {
         return (implicit::forward(x, w, b, d, g, epi), true);
     }
@@ -261,6 +265,10 @@ fn forward_impl(
     let img = d.c_in * d.h * d.w;
     if b >= threads() && wino::applies(d, g) {
         return (wino::forward(x, w, b, d, epi), epi.is_some());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b >= threads() && wino3::applies(d, g) {
+        return (wino3::forward(x, w, b, d, epi), epi.is_some());
     }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies(d, g) {
@@ -437,7 +445,8 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
             padding: k - 1 - g.padding,
         };
         #[cfg(target_arch = "x86_64")]
-        let implicit_adjoint = b >= threads() && implicit::applies(&adjoint, &ga);
+        let implicit_adjoint =
+            b >= threads() && (implicit::applies(&adjoint, &ga) || wino3::applies(&adjoint, &ga));
         #[cfg(not(target_arch = "x86_64"))]
         let implicit_adjoint = false;
         if (d.c_out < d.c_in || implicit_adjoint)
@@ -549,6 +558,10 @@ pub(super) fn grad_input(gy: &[f32], w: &[f32], b: usize, d: &Dims, g: &ConvGeom
 pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims, g: &ConvGeom) -> Vec<f32> {
     if b >= threads() && wino::applies(d, g) {
         return wino::grad_weight(x, gy, b, d);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b >= threads() && wino3::applies(d, g) {
+        return wino3::grad_weight(x, gy, b, d);
     }
     #[cfg(target_arch = "x86_64")]
     if b >= threads() && implicit::applies_grad_weight(d, g) {

@@ -316,7 +316,7 @@ fn products(v: &[f32], u: &[f32], m: &mut [f32], k: usize, n: usize, tg: usize, 
 
 /// `dst (+)= lhs · rhs` (`m x n`, inner dimension `k`) into the column-major `dst` with
 /// columns `ld` apart, on this thread.
-fn product(
+pub(super) fn product(
     dst: &mut [f32],
     ld: usize,
     (m, n, k): (usize, usize, usize),
@@ -345,7 +345,7 @@ fn product(
 /// Floats between the 9 points' blocks of `rows x tg` values: 32 more than the block, so
 /// that the 9 streams a tile transform writes (or its output transform reads) do not all
 /// fall into the same L1 set (`rows · tg` is a multiple of 4 KB in every layer).
-fn point_stride(rows: usize, ld: usize) -> usize {
+pub(super) fn point_stride(rows: usize, ld: usize) -> usize {
     rows * ld + 32
 }
 
@@ -353,7 +353,7 @@ fn point_stride(rows: usize, ld: usize) -> usize {
 /// their left operand a column at a time over the whole inner dimension; at a row length
 /// that is a multiple of 1 KB, those columns share a few L1 sets (the same padding as
 /// `kernels::padded`).
-fn lead(len: usize) -> usize {
+pub(super) fn lead(len: usize) -> usize {
     len + 16
 }
 
