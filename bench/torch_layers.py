@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch side of `latent-atlas bench --layers`: the same nine VAE conv layers at batch 64
-(4x4 stride-2 convs and transposed convs, the 3x3 RGB output conv), each followed by a leaky
+(4x4 stride-2 convs and transposed convs, the 3x3 RGB output conv) and the Split-VAE's four
+other layers (3x3 residual-block convs, 7-channel output conv), each followed by a leaky
 ReLU, timed forward and forward + backward (the first layer's input needs no gradient, as in
 training), NCHW and channels_last, with the same thread count. Prints a markdown table.
 PyTorch is needed for benchmarking only.
@@ -25,6 +26,14 @@ LAYERS = [
     ("dec t2", lambda: nn.ConvTranspose2d(64, 32, 4, 2, 1), 64, 16),
     ("dec t3", lambda: nn.ConvTranspose2d(32, 16, 4, 2, 1), 32, 32),
     ("dec out", lambda: nn.Conv2d(16, 3, 3, 1, 1), 16, 64),
+]
+
+# the Split-VAE's layers beyond the VAE's: its residual blocks' 3x3 convs and 7-channel output
+SVAE_EXTRA = [
+    ("svae res 32^2", lambda: nn.Conv2d(32, 32, 3, 1, 1), 32, 32),
+    ("svae res 16^2 (x2)", lambda: nn.Conv2d(64, 64, 3, 1, 1), 64, 16),
+    ("svae res 8^2", lambda: nn.Conv2d(128, 128, 3, 1, 1), 128, 8),
+    ("svae out", lambda: nn.Conv2d(16, 7, 3, 1, 1), 16, 64),
 ]
 
 
@@ -60,14 +69,15 @@ def main():
     torch.set_num_threads(a.threads)
     print("| layer (batch %d) | NCHW fwd ms | NCHW fwd+bwd ms | channels_last fwd ms | channels_last fwd+bwd ms |" % a.batch)
     print("|---|---|---|---|---|")
-    tot = [0.0] * 4
-    for i, (name, make, c, side) in enumerate(LAYERS):
-        row = []
-        for cl in (False, True):
-            row.extend(time_layer(make, c, side, a.batch, a.repeats, cl, i == 0))
-        tot = [t + v for t, v in zip(tot, row)]
-        print("| %s | %s |" % (name, " | ".join("%.2f" % v for v in row)))
-    print("| all | %s |" % " | ".join("%.2f" % v for v in tot))
+    for label, layers in (("all (VAE)", LAYERS), ("all (Split-VAE's other layers)", SVAE_EXTRA)):
+        tot = [0.0] * 4
+        for i, (name, make, c, side) in enumerate(layers):
+            row = []
+            for cl in (False, True):
+                row.extend(time_layer(make, c, side, a.batch, a.repeats, cl, layers is LAYERS and i == 0))
+            tot = [t + v for t, v in zip(tot, row)]
+            print("| %s | %s |" % (name, " | ".join("%.2f" % v for v in row)))
+        print("| %s | %s |" % (label, " | ".join("%.2f" % v for v in tot)))
     print()
     print("torch %s with %d threads; medians of %d repeats" % (torch.__version__, torch.get_num_threads(), a.repeats))
 

@@ -1,5 +1,5 @@
 //! `latent-atlas bench --layers`: per-layer times of the fast convolutions on the shipped VAE's
-//! shapes (batch 64, base width 32), each with its bias and a leaky ReLU as the models run
+//! shapes and the Split-VAE's other layers (batch 64, base width 32), each with its bias and a leaky ReLU as the models run
 //! them (one fused op), forward and the two backward kernels, median of many repeats
 //! (`bench/torch_layers.py` times the same layers in PyTorch). A profiling aid: it shows which layer and which kernel a change to `model::conv`
 //! moves, with far less noise than a whole training step on a shared 2-core machine.
@@ -93,6 +93,30 @@ fn vae_layers(c: usize) -> Vec<Layer> {
     v
 }
 
+/// The Split-VAE's layers beyond the VAE's: its four residual blocks' 3x3 convs (one at
+/// 32x32, two at 16x16, one at 8x8) and its 7-channel output conv.
+fn svae_extra_layers(c: usize) -> Vec<Layer> {
+    let g = ConvGeom {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let conv = |name, c_in, c_out, side| Layer {
+        name,
+        transposed: false,
+        c_in,
+        c_out,
+        side,
+        geom: g,
+    };
+    vec![
+        conv("svae res 32²", c, c, 32),
+        conv("svae res 16² (x2)", 2 * c, 2 * c, 16),
+        conv("svae res 8²", 4 * c, 4 * c, 8),
+        conv("svae out", c / 2, 7, 64),
+    ]
+}
+
 fn median_ms(repeats: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(1e3 * super::bench_ours::time_median(repeats.max(1), 1, f)?)
 }
@@ -105,7 +129,13 @@ pub fn run(a: &LayerArgs) -> Result<()> {
         "| layer (batch {b}) | shape | forward ms | fwd+bwd ms | GFLOP/s fwd+bwd |\n|---|---|---|---|---|"
     );
     let mut total = (0.0, 0.0);
-    for (i, l) in vae_layers(32).into_iter().enumerate() {
+    let (vae, extra) = (vae_layers(32), svae_extra_layers(32));
+    let n_vae = vae.len();
+    for (i, l) in vae.into_iter().chain(extra).enumerate() {
+        if i == n_vae {
+            println!("| all (VAE) | | {:.2} | {:.2} | |", total.0, total.1);
+            total = (0.0, 0.0);
+        }
         let x = Var::from_tensor(&Tensor::randn(
             0f32,
             1.0,
@@ -159,7 +189,10 @@ pub fn run(a: &LayerArgs) -> Result<()> {
             l.name, l.c_in, l.c_out, l.side, out_side
         );
     }
-    println!("| all | | {:.2} | {:.2} | |", total.0, total.1);
+    println!(
+        "| all (Split-VAE's other layers; its step runs the 16² block twice) | | {:.2} | {:.2} | |",
+        total.0, total.1
+    );
     println!(
         "\ncandle threads: {}; medians of {} repeats",
         candle_core::utils::get_num_threads(),

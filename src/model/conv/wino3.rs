@@ -273,6 +273,17 @@ impl<'a> Split<'a> {
                 _mm256_storeu_ps(e.as_mut_ptr().add(j), od);
                 j += 8;
             }
+            if j + 4 <= tw {
+                // one row of 8: [a0 a2 a0 a2 | a4 a6 a4 a6] → lanes 0 2: [a0 a2 a4 a6 …]
+                let a = _mm256_loadu_ps(row.as_ptr().add(2 * j));
+                let ev = _mm256_shuffle_ps::<0x88>(a, a);
+                let od = _mm256_shuffle_ps::<0xDD>(a, a);
+                let ev = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(ev)));
+                let od = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(od)));
+                _mm_storeu_ps(o.as_mut_ptr().add(j), _mm256_castps256_ps128(ev));
+                _mm_storeu_ps(e.as_mut_ptr().add(j), _mm256_castps256_ps128(od));
+                j += 4;
+            }
             for jj in j..tw {
                 o[jj] = row[2 * jj];
                 e[jj] = row[2 * jj + 1];
