@@ -1,7 +1,8 @@
 //! The Winograd F(2x2, 3x3) kernels of 3x3 stride-1 padding-1 convolutions (`conv/wino3.rs`:
 //! the forward, the input gradient as the forward on flipped weights, the weight gradient)
-//! against candle's native ops, outputs and gradients; then the same shapes with the kernels
-//! turned off (the implicit-gemm routes they replace). One test in its own binary:
+//! against candle's native ops, outputs and gradients, and the fused residual block built on
+//! them (`conv/residual.rs`) against candle's composite; then the same shapes with the kernels
+//! turned off (the implicit-gemm routes and the composite ops they replace). One test in its own binary:
 //! `set_winograd3` is process-wide, and no other test may run between the two halves.
 #![cfg(target_arch = "x86_64")]
 
@@ -10,7 +11,8 @@ use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
 
 use candle_core::{Tensor, Var};
 use latent_atlas::model::conv::{
-    conv2d, conv2d_bias_leaky, set_winograd3, winograd3_applies, winograd3_enabled, ConvGeom,
+    conv2d, conv2d_bias_leaky, residual_conv3x3, set_winograd3, winograd3_applies,
+    winograd3_enabled, ConvGeom,
 };
 
 const G: ConvGeom = ConvGeom {
@@ -64,6 +66,38 @@ fn check_shape(i: usize, (b, c_in, side, c_out): (usize, usize, usize, usize), o
     assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
 }
 
+/// The residual block `x + conv(leaky(x), w) + b` (one fused node where the kernels apply)
+/// against candle's ops: output and the gradients of x, w and b.
+fn check_residual(i: usize, (b, c, side): (usize, usize, usize), on: bool) {
+    assert_eq!(winograd3_applies(b, c, (side, side), c, G), on);
+    let x = Var::from_tensor(&rand(&[b, c, side, side], 60 + i as u64)).unwrap();
+    let w = Var::from_tensor(&rand(&[c, c, 3, 3], 70 + i as u64)).unwrap();
+    let bias = Var::from_tensor(&rand(&[c], 80 + i as u64)).unwrap();
+    let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), bias.as_tensor());
+    let ours = residual_conv3x3(xt, wt, bt, 0.2).unwrap();
+    let native = (xt
+        + leaky(xt)
+            .conv2d(wt, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&bt.reshape((1, c, 1, 1)).unwrap())
+            .unwrap())
+    .unwrap();
+    let what = format!("residual, winograd3 {on}: {b}x{c}x{side}x{side}");
+    let err = max_abs_diff(&ours, &native);
+    assert!(err < 1e-4, "{what}: forward off by {err}");
+    let r = rand(ours.dims(), 90 + i as u64);
+    let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (go, gn) = (grads(&ours), grads(&native));
+    for (v, name, tol) in [(&x, "x", 1e-4), (&w, "w", 1e-3), (&bias, "b", 1e-3)] {
+        let err = max_abs_diff(go.get(v).unwrap(), gn.get(v).unwrap());
+        assert!(err < tol, "{what}: grad {name} off by {err}");
+    }
+}
+
+/// (batch, channels, side) of residual blocks: the Split-VAE's three widths at small batches,
+/// a 4-tile row and an uneven split between threads.
+const RESIDUAL: [(usize, usize, usize); 4] = [(2, 32, 32), (3, 64, 16), (5, 128, 8), (2, 40, 10)];
+
 /// Output and gradients of a non-square convolution (candle's own conv2d backward fails on
 /// non-square inputs): returned for a comparison between the routes.
 fn non_square(on: bool) -> Vec<Tensor> {
@@ -96,6 +130,9 @@ fn winograd3_kernels_match_native_and_the_routes_they_replace() {
         for (i, &shape) in CONVS.iter().enumerate() {
             check_shape(i, shape, true);
         }
+        for (i, &shape) in RESIDUAL.iter().enumerate() {
+            check_residual(i, shape, true);
+        }
         // too few channels, another geometry, odd sides, one image on two threads
         assert!(!winograd3_applies(4, 16, (32, 32), 16, G));
         assert!(!winograd3_applies(4, 32, (32, 32), 7, G));
@@ -109,6 +146,9 @@ fn winograd3_kernels_match_native_and_the_routes_they_replace() {
     set_winograd3(false);
     for (i, &shape) in CONVS.iter().enumerate() {
         check_shape(i, shape, false);
+    }
+    for (i, &shape) in RESIDUAL.iter().enumerate() {
+        check_residual(i, shape, false);
     }
     let off = non_square(false);
     if let Some(on) = routed {

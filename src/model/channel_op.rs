@@ -204,7 +204,7 @@ where
 /// `x + bias_c`, then a leaky ReLU with the given slope (fused: one pass, one autograd node).
 struct AddBias(Option<f32>);
 /// `Σ_{b,p} g` per channel → `[C]`.
-struct ChannelSum;
+pub(crate) struct ChannelSum;
 /// `x * scale_c + shift_c`, then a leaky ReLU with the given slope.
 struct Affine(Option<f32>);
 /// `g * scale_c` (the input gradient of [`Affine`]).

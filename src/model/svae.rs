@@ -24,7 +24,8 @@ impl ResBlock {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x + self.conv.forward(&leaky(x)?)?
+        let (w, b, _) = self.conv.parts();
+        super::conv::residual_conv3x3(x, w, b, super::layers::LEAKY_SLOPE)
     }
 }
 

@@ -400,7 +400,7 @@ pub(super) fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 
 /// `w[co, ci, ki, kj]` → `w'[ci, co, k-1-ki, k-1-kj]`: the kernel whose stride-1
 /// convolution is the adjoint of `w`'s.
-fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+pub(super) fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     for co in 0..c_out {
         for ci in 0..c_in {

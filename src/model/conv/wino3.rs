@@ -248,12 +248,26 @@ impl<'a> Split<'a> {
     }
 
     /// Fills the interior from one `h x w` plane: source row `y` is padded row `y + 1`, its
-    /// even columns `o[..tw]`, its odd columns `e[1..]`.
+    /// even columns `o[..tw]`, its odd columns `e[1..]`; each value through a leaky ReLU of
+    /// slope `pre` (1: unchanged).
     ///
     /// # Safety
     /// AVX2 is available; `src` holds `h · 2·tw` floats for the `h` of [`Split::new`].
     #[target_feature(enable = "avx2")]
-    unsafe fn fill(&mut self, src: &[f32], tw: usize) {
+    unsafe fn fill(&mut self, src: &[f32], tw: usize, pre: f32) {
+        let (vp, one, zero) = (
+            _mm256_set1_ps(pre),
+            _mm256_set1_ps(1.0),
+            _mm256_setzero_ps(),
+        );
+        // a select, not a branch; exact for pre = 1
+        let lk = |v: __m256| {
+            _mm256_mul_ps(
+                v,
+                _mm256_blendv_ps(vp, one, _mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)),
+            )
+        };
+        let lk1 = |v: f32| v * if v > 0.0 { 1.0 } else { pre };
         let w = 2 * tw;
         let h = src.len() / w;
         assert!(self.e.len() >= (h + 2) * self.rl && self.rl == tw + 1);
@@ -262,8 +276,8 @@ impl<'a> Split<'a> {
             let (e, o) = (&mut self.e[r + 1..][..tw], &mut self.o[r..][..tw]);
             let mut j = 0;
             while j + 8 <= tw {
-                let a = _mm256_loadu_ps(row.as_ptr().add(2 * j));
-                let b = _mm256_loadu_ps(row.as_ptr().add(2 * j + 8));
+                let a = lk(_mm256_loadu_ps(row.as_ptr().add(2 * j)));
+                let b = lk(_mm256_loadu_ps(row.as_ptr().add(2 * j + 8)));
                 // [a0 a2 b0 b2 | a4 a6 b4 b6] → lanes 0 2 1 3: [a0 a2 a4 a6 b0 b2 b4 b6]
                 let ev = _mm256_shuffle_ps::<0x88>(a, b);
                 let od = _mm256_shuffle_ps::<0xDD>(a, b);
@@ -275,7 +289,7 @@ impl<'a> Split<'a> {
             }
             if j + 4 <= tw {
                 // one row of 8: [a0 a2 a0 a2 | a4 a6 a4 a6] → lanes 0 2: [a0 a2 a4 a6 …]
-                let a = _mm256_loadu_ps(row.as_ptr().add(2 * j));
+                let a = lk(_mm256_loadu_ps(row.as_ptr().add(2 * j)));
                 let ev = _mm256_shuffle_ps::<0x88>(a, a);
                 let od = _mm256_shuffle_ps::<0xDD>(a, a);
                 let ev = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(ev)));
@@ -285,8 +299,8 @@ impl<'a> Split<'a> {
                 j += 4;
             }
             for jj in j..tw {
-                o[jj] = row[2 * jj];
-                e[jj] = row[2 * jj + 1];
+                o[jj] = lk1(row[2 * jj]);
+                e[jj] = lk1(row[2 * jj + 1]);
             }
         }
     }
@@ -513,13 +527,83 @@ unsafe fn finish_plane(
     }
 }
 
+/// What the forward does to each finished output value `y` (channel `c`, at flat index `i`
+/// of the output).
+#[derive(Clone, Copy)]
+pub(super) enum Post<'a> {
+    /// `leaky(y + bias[c])` ([`Epilogue`]), or nothing.
+    Act(Option<Epilogue<'a>>),
+    /// `y + bias[c] + res[i]`: a residual block's output.
+    Residual { bias: &'a [f32], res: &'a [f32] },
+    /// `y · leaky′(mask[i]) + add[i]`: a residual block's input gradient (the conv's input
+    /// gradient through the leaky ReLU at `mask`, plus the skip connection's `add`).
+    MaskAdd {
+        mask: &'a [f32],
+        slope: f32,
+        add: &'a [f32],
+    },
+}
+
+/// The [`Post::Residual`] / [`Post::MaskAdd`] step over one finished plane `y` of `len`
+/// values, `res` / `mask` and `add` at the same offsets.
+///
+/// # Safety
+/// AVX2 is available; `y` holds `len` floats; the slices of `post` hold `at + len`.
+#[target_feature(enable = "avx2")]
+unsafe fn post_plane(y: *mut f32, len: usize, post: Post, at: usize) {
+    match post {
+        Post::Act(_) => {}
+        Post::Residual { res, .. } => {
+            let r = res[at..][..len].as_ptr();
+            lanes!(len, |j, wd| {
+                V::load(y.add(j), wd)
+                    .add(V::load(r.add(j), wd))
+                    .store(y.add(j), wd);
+            });
+        }
+        Post::MaskAdd { mask, slope, add } => {
+            let (mp, ap) = (mask[at..][..len].as_ptr(), add[at..][..len].as_ptr());
+            let (vs, one, zero) = (
+                _mm256_set1_ps(slope),
+                _mm256_set1_ps(1.0),
+                _mm256_setzero_ps(),
+            );
+            lanes!(len, |j, wd| {
+                let m = V::load(mp.add(j), wd);
+                let f = _mm256_blendv_ps(vs, one, _mm256_cmp_ps::<_CMP_GT_OQ>(m.0, zero));
+                V(_mm256_mul_ps(V::load(y.add(j), wd).0, f))
+                    .add(V::load(ap.add(j), wd))
+                    .store(y.add(j), wd);
+            });
+        }
+    }
+}
+
 /// `conv2d(x, w)` ([`applies`]) with `epi` applied to the output.
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epilogue>) -> Vec<f32> {
+    forward_with(x, w, b, d, 1.0, Post::Act(epi))
+}
+
+/// `conv2d(leaky(x, pre), w)` ([`applies`]; `pre` 1: plain `x`) with `post` applied to the
+/// output.
+pub(super) fn forward_with(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    d: &Dims,
+    pre: f32,
+    post: Post,
+) -> Vec<f32> {
     let u = forward_filter(w, d.c_in, d.c_out);
     let (th, tw) = tiles_of(d);
     let (k, n, tiles) = (d.c_in, d.c_out, th * tw);
     let (img, out) = (k * d.h * d.w, n * d.ho * d.wo);
     assert!(x.len() >= b * img && w.len() >= n * k * 9);
+    match post {
+        Post::Act(_) => {}
+        Post::Residual { bias, res } => assert!(bias.len() >= n && res.len() >= b * out),
+        Post::MaskAdd { mask, add, .. } => assert!(mask.len() >= b * out && add.len() >= b * out),
+    }
     let per = b.div_ceil(threads().min(b).max(1));
     let nb = group_images(tiles, k.max(n), per);
     let tg = nb * tiles;
@@ -540,7 +624,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
                                 // SAFETY: AVX2 (applies); the plane has h x 2tw floats, and point
                                 // p's row for channel ci, image i is inside v (Scratch::fit).
                                 unsafe {
-                                    split.fill(plane, tw);
+                                    split.fill(plane, tw, pre);
                                     transform_plane(
                                         &split,
                                         th,
@@ -574,16 +658,18 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
                         }
                         let plane = d.ho * d.wo;
                         for co in 0..n {
-                            let (bias, slope) = match epi {
-                                Some(e) => (e.bias[co], e.slope),
-                                None => (0.0, 1.0),
+                            let (bias, slope) = match post {
+                                Post::Act(Some(e)) => (e.bias[co], e.slope),
+                                Post::Residual { bias, .. } => (bias[co], 1.0),
+                                _ => (0.0, 1.0),
                             };
                             for i in 0..cnt {
                                 let yo = chunk[(i * n + co) * plane..][..plane]
                                     .as_mut_ptr()
                                     .cast::<f32>();
                                 // SAFETY: AVX2; point p of tile t is at p·ms + co·ld + i·tiles + t,
-                                // inside m; the plane holds 4·th·tw floats.
+                                // inside m; the plane holds 4·th·tw floats; post's slices
+                                // have the output's length (asserted).
                                 unsafe {
                                     finish_plane(
                                         s.m.as_ptr().add(co * ld + i * tiles),
@@ -593,7 +679,8 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
                                         yo,
                                         bias,
                                         slope,
-                                    )
+                                    );
+                                    post_plane(yo, plane, post, ((i0 + i) * n + co) * plane);
                                 };
                             }
                         }
@@ -607,6 +694,11 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
 
 /// `∂/∂w` of `conv2d(x, w)` given `gy` ([`applies`]), `[c_out, c_in, 3, 3]`.
 pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32> {
+    grad_weight_with(x, gy, b, d, 1.0)
+}
+
+/// `∂/∂w` of `conv2d(leaky(x, pre), w)` given `gy` ([`applies`]; `pre` 1: plain `x`).
+pub(super) fn grad_weight_with(x: &[f32], gy: &[f32], b: usize, d: &Dims, pre: f32) -> Vec<f32> {
     let (th, tw) = tiles_of(d);
     let (k, n, tiles) = (d.c_in, d.c_out, th * tw);
     let (img, out) = (k * d.h * d.w, n * d.ho * d.wo);
@@ -635,7 +727,7 @@ pub(super) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32>
                             let plane = &x[((i0 + i) * k + ci) * d.h * d.w..][..d.h * d.w];
                             // SAFETY: as in forward.
                             unsafe {
-                                split.fill(plane, tw);
+                                split.fill(plane, tw, pre);
                                 transform_plane(&split, th, tw, vp.add(ci * ld + i * tiles), vs);
                             }
                         }
