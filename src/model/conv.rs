@@ -40,7 +40,6 @@ mod mm;
 mod nhwc;
 #[cfg(target_arch = "x86_64")]
 mod phases;
-#[cfg(target_arch = "x86_64")]
 mod residual;
 mod unfold;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +51,7 @@ mod wino3;
 mod wino_simd;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
+pub use residual::residual_conv3x3;
 use unfold::Dims;
 pub use wino::{
     set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
@@ -578,27 +578,4 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, geom: ConvGeom) -> candle_core::
     } else {
         x.conv_transpose2d(w, geom.padding, 0, geom.stride, 1)
     }
-}
-
-/// A residual block `x + conv2d(leaky_relu(x, slope), w) + b` with a 3x3 padding-1 kernel
-/// `w` `[c, c, 3, 3]` and bias `b` `[c]` (the Split-VAE's): one fused autograd node on the
-/// Winograd F(2x2, 3x3) kernels where they apply (CPU, f32, 32+ channels, even sides, a
-/// batch of at least the thread count), the separate ops elsewhere.
-pub fn residual_conv3x3(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    slope: f32,
-) -> candle_core::Result<Tensor> {
-    #[cfg(target_arch = "x86_64")]
-    if residual::applies(x, w, b) {
-        return residual::forward(x, w, b, slope);
-    }
-    let geom = ConvGeom {
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-    };
-    let h = crate::model::activation::leaky_relu(x, slope)?;
-    x + crate::model::channel_op::add_bias(&conv2d(&h, w, geom)?, b)?
 }
