@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::mm::{as_uninit, matmul, matmul_into, Mat};
-use super::unfold::{col2im, im2col, Dims};
+use super::unfold::{col2im, flipped_transposed, im2col, Dims};
 use super::{direct, dot, wino, ConvGeom};
 #[cfg(target_arch = "x86_64")]
 use super::{implicit, phases, wino3};
@@ -393,22 +393,6 @@ pub(super) fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     for p in partial {
         for (o, v) in out.iter_mut().zip(p) {
             *o += v;
-        }
-    }
-    out
-}
-
-/// `w[co, ci, ki, kj]` → `w'[ci, co, k-1-ki, k-1-kj]`: the kernel whose stride-1
-/// convolution is the adjoint of `w`'s.
-pub(super) fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            let src = &w[(co * c_in + ci) * k * k..][..k * k];
-            let dst = &mut out[(ci * c_out + co) * k * k..][..k * k];
-            for (o, v) in dst.iter_mut().zip(src.iter().rev()) {
-                *o = *v;
-            }
         }
     }
     out

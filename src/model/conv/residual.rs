@@ -46,8 +46,8 @@ mod fused {
     use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
     use super::super::f32_slice;
-    use super::super::kernels::{flipped_transposed, threads};
-    use super::super::unfold::Dims;
+    use super::super::kernels::threads;
+    use super::super::unfold::{flipped_transposed, Dims};
     use super::super::wino3::{self, Post};
     use super::G;
 

@@ -352,3 +352,19 @@ fn col2im_impl(cols: &mut [f32], d: &Dims, g: &ConvGeom, x: &mut [f32], ld: usiz
         }
     }
 }
+
+/// `w[co, ci, ki, kj]` → `w'[ci, co, k-1-ki, k-1-kj]`: the kernel whose stride-1
+/// convolution is the adjoint of `w`'s.
+pub(super) fn flipped_transposed(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            let src = &w[(co * c_in + ci) * k * k..][..k * k];
+            let dst = &mut out[(ci * c_out + co) * k * k..][..k * k];
+            for (o, v) in dst.iter_mut().zip(src.iter().rev()) {
+                *o = *v;
+            }
+        }
+    }
+    out
+}
