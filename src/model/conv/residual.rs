@@ -57,14 +57,7 @@ mod fused {
         let Ok((n, c, h, wd)) = x.dims4() else {
             return false;
         };
-        let d = Dims {
-            c_in: c,
-            h,
-            w: wd,
-            c_out: c,
-            ho: h,
-            wo: wd,
-        };
+        let d = Dims::of(c, (h, wd), c, &G);
         x.device().is_cpu()
             && [x, w, b]
                 .iter()
@@ -88,17 +81,7 @@ mod fused {
 
     fn dims(l: &Layout) -> candle_core::Result<(usize, Dims)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        Ok((
-            n,
-            Dims {
-                c_in: c,
-                h,
-                w,
-                c_out: c,
-                ho: h,
-                wo: w,
-            },
-        ))
+        Ok((n, Dims::of(c, (h, w), c, &G)))
     }
 
     /// Errors unless `l` is `[c, c, 3, 3]` (or, `bias`, `[c]`) for `d`.

@@ -15,6 +15,17 @@ pub(super) struct Dims {
 }
 
 impl Dims {
+    /// A convolution of `c_in` planes of `h x w` into `c_out` channels with geometry `g`.
+    pub(super) fn of(c_in: usize, (h, w): (usize, usize), c_out: usize, g: &ConvGeom) -> Self {
+        Dims {
+            c_in,
+            h,
+            w,
+            c_out,
+            ho: g.conv_out(h),
+            wo: g.conv_out(w),
+        }
+    }
     pub(super) fn col_rows(&self, g: &ConvGeom) -> usize {
         self.c_in * g.kernel * g.kernel
     }

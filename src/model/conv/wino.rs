@@ -357,21 +357,22 @@ pub(super) fn lead(len: usize) -> usize {
     len + 16
 }
 
-/// Per-thread buffers: transformed inputs, products, one padded plane.
+/// Per-thread buffers: transformed inputs, products, one padded plane (or, for
+/// `wino3.rs`, the even / odd split of one).
 #[derive(Default)]
-struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-    planes: [Vec<f32>; 2],
+pub(super) struct Scratch {
+    pub(super) v: Vec<f32>,
+    pub(super) m: Vec<f32>,
+    pub(super) planes: [Vec<f32>; 2],
 }
 
 impl Scratch {
-    /// Grows the buffers for `k` input and `n` output channels and `tg` tiles: `v` for the
-    /// transformed inputs, `m` for the products or the transformed output gradient (only
-    /// growth fills with zeros).
-    fn fit(&mut self, k: usize, n: usize, tg: usize) {
-        let v = 9 * point_stride(k, lead(tg));
-        let m = 9 * point_stride(n, lead(tg)).max(point_stride(tg, lead(n)));
+    /// Grows the buffers for `points` transform points, `k` input and `n` output channels and
+    /// `tg` tiles: `v` for the transformed inputs, `m` for the products or the transformed
+    /// output gradient (only growth fills with zeros).
+    fn fit(&mut self, points: usize, k: usize, n: usize, tg: usize) {
+        let v = points * point_stride(k, lead(tg));
+        let m = points * point_stride(n, lead(tg)).max(point_stride(tg, lead(n)));
         for (buf, len) in [(&mut self.v, v), (&mut self.m, m)] {
             if buf.len() < len {
                 buf.resize(len, 0.0);
@@ -386,16 +387,20 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// `f` with this thread's scratch grown to `k`, `n`, `tg` (a fresh one if it is in use).
-fn with_scratch<R>(k: usize, n: usize, tg: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+/// `f` with this thread's scratch grown to `points`, `k`, `n`, `tg` (a fresh one if it is in
+/// use).
+pub(super) fn with_scratch<R>(
+    (points, k, n, tg): (usize, usize, usize, usize),
+    f: impl FnOnce(&mut Scratch) -> R,
+) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => {
-            s.fit(k, n, tg);
+            s.fit(points, k, n, tg);
             f(&mut s)
         }
         Err(_) => {
             let mut s = Scratch::default();
-            s.fit(k, n, tg);
+            s.fit(points, k, n, tg);
             f(&mut s)
         }
     })
@@ -421,7 +426,7 @@ fn per_thread_groups(
     out.par_chunks_mut(per * img_out)
         .enumerate()
         .for_each(|(c, share)| {
-            with_scratch(k, n, tg, |s| {
+            with_scratch((9, k, n, tg), |s| {
                 for (j, chunk) in share.chunks_mut(nb * img_out).enumerate() {
                     f(c * per + j * nb, chunk.len() / img_out, chunk, s);
                 }

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use super::kernels::{threads, Epilogue};
 use super::mm::Mat;
 use super::unfold::Dims;
-use super::wino::{lead, point_stride, product};
+use super::wino::{lead, point_stride, product, with_scratch};
 use super::ConvGeom;
 use crate::model::activation::filled_vec;
 
@@ -103,14 +103,7 @@ pub fn winograd3_applies(
     c_out: usize,
     geom: ConvGeom,
 ) -> bool {
-    let d = Dims {
-        c_in,
-        h,
-        w,
-        c_out,
-        ho: geom.conv_out(h),
-        wo: geom.conv_out(w),
-    };
+    let d = Dims::of(c_in, (h, w), c_out, &geom);
     batch >= threads() && applies(&d, &geom)
 }
 
@@ -123,48 +116,6 @@ fn tiles_of(d: &Dims) -> (usize, usize) {
 /// one, at most `per` (a thread's share).
 fn group_images(tiles: usize, channels: usize, per: usize) -> usize {
     (GROUP_FLOATS / (tiles * channels).max(1)).clamp(1, per.max(1))
-}
-
-/// Per-thread buffers: transformed inputs, products (or transformed output gradients), the
-/// even / odd split of one padded plane.
-#[derive(Default)]
-struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-    split: Vec<f32>,
-}
-
-impl Scratch {
-    fn fit(&mut self, k: usize, n: usize, tg: usize) {
-        let ld = lead(tg);
-        for (buf, len) in [
-            (&mut self.v, 16 * point_stride(k, ld)),
-            (&mut self.m, 16 * point_stride(n, ld)),
-        ] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-    }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// `f` with this thread's scratch grown to `k`, `n`, `tg` (a fresh one if it is in use).
-fn with_scratch<R>(k: usize, n: usize, tg: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            s.fit(k, n, tg);
-            f(&mut s)
-        }
-        Err(_) => {
-            let mut s = Scratch::default();
-            s.fit(k, n, tg);
-            f(&mut s)
-        }
-    })
 }
 
 /// G g Gᵀ of a 3x3 kernel `g` (row-major), as 16 values `p = 4·row + col`.
@@ -281,10 +232,10 @@ pub(super) fn forward_with(
         y.par_chunks_mut(per * out)
             .enumerate()
             .for_each(|(c, share)| {
-                with_scratch(k, n, tg, |s| {
+                with_scratch((16, k, n, tg), |s| {
                     for (j, chunk) in share.chunks_mut(nb * out).enumerate() {
                         let (i0, cnt) = (c * per + j * nb, chunk.len() / out);
-                        let mut split = Split::new(&mut s.split, d.h, tw);
+                        let mut split = Split::new(&mut s.planes[0], d.h, tw);
                         let vp = s.v.as_mut_ptr();
                         for ci in 0..k {
                             for i in 0..cnt {

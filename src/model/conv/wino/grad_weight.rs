@@ -27,7 +27,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
         .map(|c| {
             // [9][k][ldn], summed over this thread's images
             let mut acc = vec![0f32; 9 * k * ldn];
-            with_scratch(k, n, tg, |s| {
+            with_scratch((9, k, n, tg), |s| {
                 let (start, end) = (c * per, ((c + 1) * per).min(b));
                 for i0 in (start..end).step_by(nb) {
                     let cnt = nb.min(end - i0);

@@ -120,13 +120,6 @@ pub fn winograd_applies(
     c_out: usize,
     geom: ConvGeom,
 ) -> bool {
-    let d = Dims {
-        c_in,
-        h,
-        w,
-        c_out,
-        ho: geom.conv_out(h),
-        wo: geom.conv_out(w),
-    };
+    let d = Dims::of(c_in, (h, w), c_out, &geom);
     batch >= threads() && applies(&d, &geom)
 }

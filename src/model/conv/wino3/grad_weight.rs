@@ -42,12 +42,12 @@ pub(in crate::model::conv) fn grad_weight_with(
         .map(|c| {
             // [16][k][ldn]: (ci, co) at ci·ldn + co, summed over this thread's images
             let mut acc = vec![0f32; 16 * k * ldn];
-            with_scratch(k, n, tg, |s| {
+            with_scratch((16, k, n, tg), |s| {
                 let (start, end) = (c * per, ((c + 1) * per).min(b));
                 let mut first = true;
                 for i0 in (start..end).step_by(nb) {
                     let cnt = nb.min(end - i0);
-                    let mut split = Split::new(&mut s.split, d.h, tw);
+                    let mut split = Split::new(&mut s.planes[0], d.h, tw);
                     let vp = s.v.as_mut_ptr();
                     for ci in 0..k {
                         for i in 0..cnt {
