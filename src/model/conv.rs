@@ -39,6 +39,8 @@ mod mm;
 #[cfg(target_arch = "x86_64")]
 mod nhwc;
 #[cfg(target_arch = "x86_64")]
+mod packed;
+#[cfg(target_arch = "x86_64")]
 mod phases;
 mod residual;
 mod unfold;

@@ -126,6 +126,58 @@ pub(super) unsafe fn tile16(
     }
 }
 
+/// `dst (+)= strip · panel` for a 48 x `n` tile (`n ≤ 8`): 48 strip values per step
+/// (contiguous, steps `strip.1` apart), the first `n` of 8 columns of a 16-wide panel (steps
+/// 16 floats apart; the panel is read at all 8), column `j` the 48 contiguous floats at
+/// `dst + j·dst_cs`. Three vector loads and 8 broadcasts feed 24 multiply-adds per step
+/// where the 16 x 16 kernel spends 17 loads on 16: on the Xeon of sessions 17-19 it runs at
+/// about 72 % of the FMA peak with its panels in L2, the 16 x 16 kernel at about 60 %.
+///
+/// # Safety
+/// AVX-512F; the strip holds 48 floats at each of `k` steps, the panel 8 at each, `dst` the
+/// `n` columns of the tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // constant indices keep the accumulators in registers
+pub(super) unsafe fn tile48x8(
+    (n, k): (usize, usize),
+    dst: *mut f32,
+    dst_cs: usize,
+    (strip, strip_ld): (*const f32, usize),
+    panel: *const f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut c = [[_mm512_setzero_ps(); 8]; 3];
+    let (mut s, mut p) = (strip, panel);
+    for _ in 0..k {
+        let a = [
+            _mm512_loadu_ps(s),
+            _mm512_loadu_ps(s.add(16)),
+            _mm512_loadu_ps(s.add(32)),
+        ];
+        for j in 0..8 {
+            let b = _mm512_set1_ps(*p.add(j));
+            for r in 0..3 {
+                c[r][j] = _mm512_fmadd_ps(a[r], b, c[r][j]);
+            }
+        }
+        s = s.add(strip_ld);
+        p = p.add(WIDE);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (j, acc) in cr.iter().enumerate().take(n) {
+            let o = dst.add(j * dst_cs + 16 * r);
+            let v = if accumulate {
+                _mm512_add_ps(*acc, _mm512_loadu_ps(o))
+            } else {
+                *acc
+            };
+            _mm512_storeu_ps(o, v);
+        }
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::micro::{has_avx512, tile16, MR};
+use super::micro::{has_avx512, tile16, tile48x8, MR};
 use super::mm::Mat;
 
 /// Inner-dimension steps per slice.
@@ -110,7 +110,30 @@ pub(super) unsafe fn matmul(
                         panels.as_mut_ptr().add(pi * kc * MR),
                     );
                 }
-                for s0 in (0..sn).step_by(MR) {
+                // three in-place strips at a time on the 48 x 8 kernel, two per panel
+                let mut s0 = 0;
+                if strip_op.is == 1 && strip_op.qs > 0 {
+                    while s0 + 3 * MR <= sn {
+                        let src = (strip_op.at(s0, q0), strip_op.qs as usize);
+                        for (pi, jj) in (0..nb).step_by(MR).enumerate() {
+                            let np = MR.min(nb - jj);
+                            for h in 0..np.div_ceil(8) {
+                                let at =
+                                    dst.offset(s0 as isize + (j0 + jj + 8 * h) as isize * dst_ps);
+                                tile48x8(
+                                    (8.min(np - 8 * h), kc),
+                                    at,
+                                    dst_ps as usize,
+                                    src,
+                                    panels.as_ptr().add(pi * kc * MR + 8 * h),
+                                    acc,
+                                );
+                            }
+                        }
+                        s0 += 3 * MR;
+                    }
+                }
+                for s0 in (s0..sn).step_by(MR) {
                     let ms = MR.min(sn - s0);
                     // a full strip already laid out as 16 floats per step is read in place
                     let src = if strip_op.is == 1 && ms == MR && strip_op.qs > 0 {
@@ -275,6 +298,7 @@ mod tests {
             (3, 20, 5),
             (300, 17, 1),
             (33, 290, 70),
+            (97, 24, 300),
         ] {
             // (lhs row-major | column-major | strided), (rhs row-major | column-major)
             for lhs_kind in 0..3 {

@@ -47,6 +47,8 @@ use super::ConvGeom;
 use crate::model::activation::filled_vec;
 
 #[cfg(target_arch = "x86_64")]
+mod filters;
+#[cfg(target_arch = "x86_64")]
 mod grad_input;
 mod grad_weight;
 #[cfg(target_arch = "x86_64")]
@@ -286,12 +288,49 @@ fn forward_filter(w: &[f32], d: &Dims) -> Vec<f32> {
     unsafe { filled_vec(4 * d.c_in * 9 * n, fill) }
 }
 
+/// A Winograd forward's transformed kernel: `[k][9][n]` for [`product`], or packed panels
+/// for the AVX-512 kernel where they apply.
+pub(super) enum Filter {
+    Plain(Vec<f32>),
+    #[cfg(target_arch = "x86_64")]
+    Packed(super::packed::Panels),
+}
+
+/// The forward's transformed kernel ([`forward_filter`], packed where panels apply).
+fn forward_kernel(w: &[f32], d: &Dims) -> Filter {
+    #[cfg(target_arch = "x86_64")]
+    if super::packed::Panels::applies(d.c_out) {
+        return Filter::Packed(filters::forward_panels(w, d));
+    }
+    Filter::Plain(forward_filter(w, d))
+}
+
 /// `m[p] = v[p] · u[p]` for the 9 points over the first `cols` tiles: `v` `[9][k][tg]`, `u`
-/// `[k][9][n]`, `m` `[9][n][tg]`.
-fn products(v: &[f32], u: &[f32], m: &mut [f32], k: usize, n: usize, tg: usize, cols: usize) {
+/// `[k][9][n]` (or its panels), `m` `[9][n][tg]`.
+fn products(v: &[f32], u: &Filter, m: &mut [f32], k: usize, n: usize, tg: usize, cols: usize) {
     let ld = lead(tg);
     let (vs, ms) = (point_stride(k, ld), point_stride(n, ld));
-    assert!(v.len() >= 9 * vs && u.len() >= k * 9 * n && m.len() >= 9 * ms && cols <= tg);
+    assert!(v.len() >= 9 * vs && m.len() >= 9 * ms && cols <= tg);
+    let u = match u {
+        Filter::Plain(u) => u,
+        #[cfg(target_arch = "x86_64")]
+        Filter::Packed(pan) => {
+            assert!(pan.k() == k && pan.n() == n);
+            for p in 0..9 {
+                let lhs = Mat {
+                    ptr: v[p * vs..].as_ptr(),
+                    rs: 1,
+                    cs: ld as isize,
+                };
+                let dst = &mut m[p * ms..][..n * ld];
+                // SAFETY: panels apply (AVX-512F); v's point block holds k rows of ld >= cols
+                // floats, dst n columns of ld >= cols.
+                unsafe { pan.product(p, dst.as_mut_ptr(), ld, cols, lhs, false) };
+            }
+            return;
+        }
+    };
+    assert!(u.len() >= k * 9 * n);
     for p in 0..9 {
         let lhs = Mat {
             ptr: v[p * vs..].as_ptr(),
@@ -437,7 +476,7 @@ fn per_thread_groups(
 /// `conv2d(x, w)` ([`applies`]) with `epi` applied to the finished output.
 pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epilogue>) -> Vec<f32> {
     let tl = Tiling::strided(d);
-    let u = forward_filter(w, d);
+    let u = forward_kernel(w, d);
     let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
     let nb = group_images(tiles, b.div_ceil(threads()));

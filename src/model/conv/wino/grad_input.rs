@@ -6,10 +6,11 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::super::packed::Panels;
 use super::{
-    applies, epilogue, filter_tile, group_images, input_gradient_takes, lead, per_thread_groups,
-    point_stride, product, threads, transform_input, winograd_vector_transforms, ConvGeom, Dims,
-    Epilogue, Mat, Tiling,
+    applies, epilogue, filter_tile, filters, group_images, input_gradient_takes, lead,
+    per_thread_groups, point_stride, product, threads, transform_input, winograd_vector_transforms,
+    ConvGeom, Dims, Epilogue, Filter, Mat, Tiling,
 };
 use crate::model::activation::filled_vec;
 
@@ -59,7 +60,11 @@ pub(in crate::model::conv) fn grad_input(
     epi: Option<Epilogue>,
 ) -> Vec<f32> {
     let tl = Tiling::pairs(d);
-    let u = grad_input_filter(w, d);
+    let u = if Panels::applies(d.c_in) {
+        Filter::Packed(filters::grad_input_panels(w, d))
+    } else {
+        Filter::Plain(grad_input_filter(w, d))
+    };
     let (k, n, tiles) = (tl.k(), d.c_in, tl.tiles());
     let (img_gy, img_gx) = (d.c_out * d.ho * d.wo, d.c_in * d.h * d.w);
     let nb = group_images(tiles, b.div_ceil(threads()));
@@ -78,10 +83,10 @@ pub(in crate::model::conv) fn grad_input(
 
 /// `m[p][ph] = v[p][ph] · u[ph][p]` for the 4 phases and 9 points over the first `cols`
 /// tiles: `v` `[9][k = 4·c_out][lead(tg)]` (row `4co + ph`), `u` `[4][c_out][9][n]`, `m`
-/// `[9][4·n][lead(tg)]` (row `ph·n + ci`).
+/// `[9][4·n][lead(tg)]` (row `ph·n + ci`); packed, `u` is point `9·ph + p`'s panels.
 fn phase_products(
     v: &[f32],
-    u: &[f32],
+    u: &Filter,
     m: &mut [f32],
     (c_out, n): (usize, usize),
     tg: usize,
@@ -89,8 +94,29 @@ fn phase_products(
 ) {
     let ld = lead(tg);
     let (vs, ms) = (point_stride(4 * c_out, ld), point_stride(4 * n, ld));
-    assert!(v.len() >= 9 * vs && u.len() >= 4 * c_out * 9 * n && m.len() >= 9 * ms);
+    assert!(v.len() >= 9 * vs && m.len() >= 9 * ms);
     assert!(cols <= tg);
+    let u = match u {
+        Filter::Plain(u) => u,
+        Filter::Packed(pan) => {
+            assert!(pan.k() == c_out && pan.n() == n);
+            for ph in 0..4 {
+                for p in 0..9 {
+                    let lhs = Mat {
+                        ptr: v[p * vs + ph * ld..].as_ptr(),
+                        rs: 1,
+                        cs: (4 * ld) as isize,
+                    };
+                    let dst = &mut m[p * ms + ph * n * ld..][..n * ld];
+                    // SAFETY: panels apply (AVX-512F); the phase's rows of v hold c_out rows
+                    // 4·ld apart of ld >= cols floats, dst n columns of ld >= cols.
+                    unsafe { pan.product(9 * ph + p, dst.as_mut_ptr(), ld, cols, lhs, false) };
+                }
+            }
+            return;
+        }
+    };
+    assert!(u.len() >= 4 * c_out * 9 * n);
     for ph in 0..4 {
         for p in 0..9 {
             let lhs = Mat {
