@@ -112,8 +112,10 @@ pub(super) fn cpu_label() -> String {
         let gi = match crate::model::conv::winograd_input_gradient() {
             InputGradientRoute::All => "input gradients".to_string(),
             InputGradientRoute::Wide => format!(
-                "input gradients from {} gradient channels, narrower by stride phases",
-                crate::model::conv::WIDE_GRADIENT
+                "input gradients from {} gradient channels or onto {} channels, others by \
+                 stride phases",
+                crate::model::conv::WIDE_GRADIENT,
+                crate::model::conv::NARROW_INPUT
             ),
             InputGradientRoute::Off => "input gradients by stride phases".to_string(),
         };

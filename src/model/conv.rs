@@ -58,7 +58,7 @@ use unfold::Dims;
 pub use wino::{
     set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
     winograd_enabled, winograd_input_gradient, winograd_vector_transforms, InputGradientRoute,
-    WIDE_GRADIENT,
+    NARROW_INPUT, WIDE_GRADIENT,
 };
 #[cfg(target_arch = "x86_64")]
 pub use wino3::{set_winograd3, winograd3_applies, winograd3_enabled};

@@ -60,7 +60,7 @@ use switches::input_gradient_takes;
 pub use switches::{
     set_winograd, set_winograd_input_gradient, set_winograd_vector_transforms, winograd_applies,
     winograd_enabled, winograd_input_gradient, winograd_vector_transforms, InputGradientRoute,
-    WIDE_GRADIENT,
+    NARROW_INPUT, WIDE_GRADIENT,
 };
 
 /// Fewest input channels of the 2x2 phase convolution (4 per input channel: 16 input

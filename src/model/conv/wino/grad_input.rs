@@ -18,7 +18,7 @@ use crate::model::activation::filled_vec;
 /// [`applies`] (whole 2x2 tiles of each output phase), with the vector transforms, where
 /// the route of [`super::winograd_input_gradient`] takes `d.c_out` gradient channels.
 pub(in crate::model::conv) fn applies_grad_input(d: &Dims, g: &ConvGeom) -> bool {
-    applies(d, g) && winograd_vector_transforms() && input_gradient_takes(d.c_out)
+    applies(d, g) && winograd_vector_transforms() && input_gradient_takes(d.c_out, d.c_in)
 }
 
 /// The input gradient's transformed kernels `[4 phases][c_out][9][c_in]`: output phase

@@ -61,8 +61,8 @@ pub enum InputGradientRoute {
     /// Every shape the Winograd kernels take (the default without our AVX-512 kernel: on
     /// AVX2 alone, Winograd is faster for every training layer; session 16, Zen 3).
     All,
-    /// Only products over at least [`WIDE_GRADIENT`] gradient channels, the rest by stride
-    /// phases (the default with our AVX-512 micro-kernel, which makes the phase kernel the
+    /// Only products over at least [`WIDE_GRADIENT`] gradient channels or onto at most
+    /// [`NARROW_INPUT`] input channels, the rest by stride phases (the default with our AVX-512 micro-kernel, which makes the phase kernel the
     /// faster one for narrower layers).
     Wide,
     /// None: all by stride phases.
@@ -100,14 +100,24 @@ pub fn winograd_input_gradient() -> InputGradientRoute {
 }
 
 /// Whether the route of [`winograd_input_gradient`] takes an input gradient over `c_out`
-/// gradient channels.
-pub(in crate::model::conv) fn input_gradient_takes(c_out: usize) -> bool {
+/// gradient channels onto `c_in` input channels.
+///
+/// [`InputGradientRoute::Wide`] also takes gradients onto at most [`NARROW_INPUT`] channels:
+/// there the phase kernel packs a strip of the output gradient for a single 16-column
+/// product, and the Winograd route (its weights packed once per call since session 19) is
+/// faster: the 32 → 16 transposed layer at 64x64 (batch 64, Xeon with AVX-512) 6.5-6.6 ms
+/// forward against 7.6 by phases, 21.6-21.8 against 22.9-23.1 forward + backward.
+pub(in crate::model::conv) fn input_gradient_takes(c_out: usize, c_in: usize) -> bool {
     match winograd_input_gradient() {
         InputGradientRoute::All => true,
-        InputGradientRoute::Wide => c_out >= WIDE_GRADIENT,
+        InputGradientRoute::Wide => c_out >= WIDE_GRADIENT || c_in <= NARROW_INPUT,
         InputGradientRoute::Off => false,
     }
 }
+
+/// Most input channels for which [`InputGradientRoute::Wide`] runs the input gradient on
+/// Winograd whatever the gradient channels (one panel of the AVX-512 kernel).
+pub const NARROW_INPUT: usize = 16;
 
 /// Whether a batch of `batch` images `[c_in, h, w]` through a convolution to `c_out` channels
 /// with `geom` runs on the Winograd kernels (its forward, and its weight gradient; its input
