@@ -193,14 +193,44 @@ unsafe fn pack16(op: Operand, (i0, q0): (usize, usize), cnt: usize, kc: usize, o
         for qb in (0..kc).step_by(MR) {
             let qn = MR.min(kc - qb);
             let steps: __mmask16 = if qn >= MR { !0 } else { (1 << qn) - 1 };
-            let mut r = [_mm512_setzero_ps(); MR];
-            for (i, ri) in r.iter_mut().enumerate().take(cnt) {
-                *ri = _mm512_maskz_loadu_ps(steps, op.at(i0 + i, q0 + qb));
-            }
+            // rows past cnt are zero (constant indices keep the rows in registers)
+            let row = |i: usize| {
+                if i < cnt {
+                    _mm512_maskz_loadu_ps(steps, op.at(i0 + i, q0 + qb))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            };
+            let r = [
+                row(0),
+                row(1),
+                row(2),
+                row(3),
+                row(4),
+                row(5),
+                row(6),
+                row(7),
+                row(8),
+                row(9),
+                row(10),
+                row(11),
+                row(12),
+                row(13),
+                row(14),
+                row(15),
+            ];
             let t = transpose16(r);
-            for (q, tq) in t.iter().enumerate().take(qn) {
-                _mm512_storeu_ps(out.add((qb + q) * MR), *tq);
+            // the stores written out with constant indices: as a loop over the array, LLVM
+            // spilled the 16 vectors and copied them with a call to memcpy per block (2 % of
+            // a Split-VAE step in `perf`)
+            macro_rules! store {
+                ($($q:literal)*) => {$(
+                    if $q < qn {
+                        _mm512_storeu_ps(out.add((qb + $q) * MR), t[$q]);
+                    }
+                )*};
             }
+            store!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
         }
     } else {
         for q in 0..kc {
@@ -211,8 +241,10 @@ unsafe fn pack16(op: Operand, (i0, q0): (usize, usize), cnt: usize, kc: usize, o
     }
 }
 
-/// The transpose of a 16 x 16 block held as 16 row vectors.
+/// The transpose of a 16 x 16 block held as 16 row vectors (inlined: as a call, its result
+/// went through the stack, and the packing loops copied it out with `memcpy`).
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // interleave pairs of rows (32-bit), then pairs of pairs (64-bit), then 128-bit lanes
     let mut t = [_mm512_setzero_ps(); 16];
