@@ -178,6 +178,40 @@ pub(super) unsafe fn tile48x8(
     }
 }
 
+/// One band of 48 strip rows against `n` columns of 16-wide panels (panel `j`, columns
+/// `16j..16j + 16`, at `panel(j)`): [`tile48x8`] on each half of each panel, column `c` of
+/// the band at `dst + c·dst_cs`.
+///
+/// # Safety
+/// As [`tile48x8`] for every tile: the strip holds 48 floats at each of `k` steps, each
+/// panel 16 at each step, `dst` the band's `n` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn band48(
+    k: usize,
+    (dst, dst_cs): (*mut f32, usize),
+    strip: (*const f32, usize),
+    n: usize,
+    panel: impl Fn(usize) -> *const f32,
+    accumulate: bool,
+) {
+    for (j, c0) in (0..n).step_by(WIDE).enumerate() {
+        let np = WIDE.min(n - c0);
+        for h in 0..np.div_ceil(8) {
+            let at = dst.add((c0 + 8 * h) * dst_cs);
+            let cols = 8.min(np - 8 * h);
+            tile48x8(
+                (cols, k),
+                at,
+                dst_cs,
+                strip,
+                panel(j).add(8 * h),
+                accumulate,
+            );
+        }
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;

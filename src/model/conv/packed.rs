@@ -19,8 +19,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::micro::{has_avx512, tile16, tile48x8, MR, WIDE};
+use super::micro::{band48, has_avx512, tile16, MR, WIDE};
 use super::mm::Mat;
+use super::wide::pack_strip;
 use crate::model::activation::filled_vec;
 
 /// Inner-dimension steps per slice of the products (as [`super::wide`]).
@@ -107,19 +108,12 @@ impl Panels {
             let mut s0 = 0;
             if lhs.rs == 1 && lhs.cs > 0 {
                 while s0 + 3 * MR <= m {
-                    let src = lhs.ptr.offset(s0 as isize + q0 as isize * lhs.cs);
-                    for jb in 0..n / WIDE {
-                        for h in 0..2 {
-                            tile48x8(
-                                (8, kc),
-                                dst.add(s0 + (jb * WIDE + 8 * h) * ld),
-                                ld,
-                                (src, lhs.cs as usize),
-                                base.add(jb * block + q0 * WIDE + 8 * h),
-                                acc,
-                            );
-                        }
-                    }
+                    let src = (
+                        lhs.ptr.offset(s0 as isize + q0 as isize * lhs.cs),
+                        lhs.cs as usize,
+                    );
+                    let panel = |jb: usize| base.add(jb * block + q0 * WIDE);
+                    band48(kc, (dst.add(s0), ld), src, n, panel, acc);
                     s0 += 3 * MR;
                 }
             }
@@ -146,24 +140,6 @@ impl Panels {
                     );
                 }
             }
-        }
-    }
-}
-
-/// Rows `i0..i0 + cnt` (`cnt ≤ 16`) of `lhs` at steps `q0..q0 + kc` as `out[q][16]`, zero
-/// past `cnt`.
-///
-/// # Safety
-/// The elements named lie inside `lhs`; `out` holds `16 kc` floats.
-unsafe fn pack_strip(lhs: Mat, (i0, q0): (usize, usize), cnt: usize, kc: usize, out: *mut f32) {
-    for q in 0..kc {
-        for i in 0..MR {
-            *out.add(q * MR + i) = if i < cnt {
-                *lhs.ptr
-                    .offset((i0 + i) as isize * lhs.rs + (q0 + q) as isize * lhs.cs)
-            } else {
-                0.0
-            };
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::micro::{has_avx512, tile16, tile48x8, MR};
+use super::micro::{band48, has_avx512, tile16, MR};
 use super::mm::Mat;
 
 /// Inner-dimension steps per slice.
@@ -115,21 +115,9 @@ pub(super) unsafe fn matmul(
                 if strip_op.is == 1 && strip_op.qs > 0 {
                     while s0 + 3 * MR <= sn {
                         let src = (strip_op.at(s0, q0), strip_op.qs as usize);
-                        for (pi, jj) in (0..nb).step_by(MR).enumerate() {
-                            let np = MR.min(nb - jj);
-                            for h in 0..np.div_ceil(8) {
-                                let at =
-                                    dst.offset(s0 as isize + (j0 + jj + 8 * h) as isize * dst_ps);
-                                tile48x8(
-                                    (8.min(np - 8 * h), kc),
-                                    at,
-                                    dst_ps as usize,
-                                    src,
-                                    panels.as_ptr().add(pi * kc * MR + 8 * h),
-                                    acc,
-                                );
-                            }
-                        }
+                        let at = dst.offset(s0 as isize + j0 as isize * dst_ps);
+                        let panel = |pi: usize| panels.as_ptr().add(pi * kc * MR);
+                        band48(kc, (at, dst_ps as usize), src, nb, panel, acc);
                         s0 += 3 * MR;
                     }
                 }
@@ -174,6 +162,20 @@ pub(super) unsafe fn transpose_rows(rows: *const f32, ld: usize, kc: usize, out:
         qs: 1,
     };
     pack16(op, (0, 0), MR, kc, out);
+}
+
+/// Rows `i0..i0 + cnt` (`cnt ≤ 16`) of `m` at steps `q0..q0 + kc` as `out[q][16]`, zero
+/// past `cnt` (the packing of [`matmul`]'s strips, for `super::packed`).
+///
+/// # Safety
+/// AVX-512F; the elements named lie inside `m`; `out` holds `16 kc` floats.
+pub(super) unsafe fn pack_strip(m: Mat, at: (usize, usize), cnt: usize, kc: usize, out: *mut f32) {
+    let op = Operand {
+        ptr: m.ptr,
+        is: m.rs,
+        qs: m.cs,
+    };
+    pack16(op, at, cnt, kc, out);
 }
 
 /// Packs rows `i0..i0 + cnt` (`cnt ≤ 16`) at inner steps `q0..q0 + kc` of `op` into
