@@ -71,8 +71,15 @@ const MIN_CHANNELS: usize = 64;
 const MIN_OUT: usize = 16;
 
 /// Tiles per group: the transformed inputs of a group (`9 · 4ci · tiles` floats) are the
-/// rows of 9 products, each reusing its packed weights over the group.
+/// rows of 9 products, each reusing its packed weights over the group. Half as many where
+/// the products are narrow (their inner and outer channel counts, `4·c_in + c_out` for the
+/// forward, at most [`NARROW_GROUP`] together): measured with
+/// the weights packed once per call (session 19, batch 64, fwd + bwd), 128 tiles took the
+/// 32 → 64 layer 14.3-14.4 → 13.8-13.9 ms and the 64 → 32 transposed one 15.4-15.6 →
+/// 14.6-15.0, but the 64 → 128 layer 12.6-12.7 → 12.8-13.0.
 const GROUP_TILES: usize = 256;
+/// See [`GROUP_TILES`].
+const NARROW_GROUP: usize = 192;
 
 /// Whether the Winograd kernels compute this convolution: a 4x4 kernel with stride 2 and
 /// padding 1 on sides divisible by 4 (whole 2x2 output tiles).
@@ -445,9 +452,15 @@ pub(super) fn with_scratch<R>(
     })
 }
 
-/// Images per group for `tiles` tiles per image, at most `per` (a thread's share).
-fn group_images(tiles: usize, per: usize) -> usize {
-    GROUP_TILES.div_ceil(tiles.max(1)).min(per).max(1)
+/// Images per group for `tiles` tiles per image, at most `per` (a thread's share), for
+/// products over `channels` input and output channels together.
+fn group_images(tiles: usize, channels: usize, per: usize) -> usize {
+    let group = if channels <= NARROW_GROUP {
+        GROUP_TILES / 2
+    } else {
+        GROUP_TILES
+    };
+    group.div_ceil(tiles.max(1)).min(per).max(1)
 }
 
 /// Runs `f(first image, images, output chunk, scratch)` over the groups of `nb` images of
@@ -479,7 +492,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
     let u = forward_kernel(w, d);
     let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
-    let nb = group_images(tiles, b.div_ceil(threads()));
+    let nb = group_images(tiles, k + n, b.div_ceil(threads()));
     let tg = nb * tiles;
     let fill = |y: &mut [MaybeUninit<f32>]| {
         per_thread_groups(y, out, b, nb, (k, n, tg), |i0, cnt, ychunk, s| {

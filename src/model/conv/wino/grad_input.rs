@@ -67,7 +67,7 @@ pub(in crate::model::conv) fn grad_input(
     };
     let (k, n, tiles) = (tl.k(), d.c_in, tl.tiles());
     let (img_gy, img_gx) = (d.c_out * d.ho * d.wo, d.c_in * d.h * d.w);
-    let nb = group_images(tiles, b.div_ceil(threads()));
+    let nb = group_images(tiles, k + 4 * n, b.div_ceil(threads()));
     let tg = nb * tiles;
     let fill = |gx: &mut [MaybeUninit<f32>]| {
         per_thread_groups(gx, img_gx, b, nb, (k, 4 * n, tg), |i0, cnt, chunk, s| {

@@ -19,7 +19,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
-    let nb = group_images(tiles, per);
+    let nb = group_images(tiles, k + n, per);
     let tg = nb * tiles;
     let (ld, ldn) = (lead(tg), lead(n));
     let partial: Vec<Vec<f32>> = (0..chunks)
