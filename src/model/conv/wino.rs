@@ -54,6 +54,8 @@ mod grad_weight;
 #[cfg(target_arch = "x86_64")]
 pub(super) use grad_input::{applies_grad_input, grad_input};
 pub(super) use grad_weight::grad_weight;
+mod scratch;
+pub(in crate::model::conv) use scratch::{with_scratch, Scratch};
 mod switches;
 #[cfg(target_arch = "x86_64")]
 use switches::input_gradient_takes;
@@ -401,55 +403,6 @@ pub(super) fn point_stride(rows: usize, ld: usize) -> usize {
 /// `kernels::padded`).
 pub(super) fn lead(len: usize) -> usize {
     len + 16
-}
-
-/// Per-thread buffers: transformed inputs, products, one padded plane (or, for
-/// `wino3.rs`, the even / odd split of one).
-#[derive(Default)]
-pub(super) struct Scratch {
-    pub(super) v: Vec<f32>,
-    pub(super) m: Vec<f32>,
-    pub(super) planes: [Vec<f32>; 2],
-}
-
-impl Scratch {
-    /// Grows the buffers for `points` transform points, `k` input and `n` output channels and
-    /// `tg` tiles: `v` for the transformed inputs, `m` for the products or the transformed
-    /// output gradient (only growth fills with zeros).
-    fn fit(&mut self, points: usize, k: usize, n: usize, tg: usize) {
-        let v = points * point_stride(k, lead(tg));
-        let m = points * point_stride(n, lead(tg)).max(point_stride(tg, lead(n)));
-        for (buf, len) in [(&mut self.v, v), (&mut self.m, m)] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-    }
-}
-
-thread_local! {
-    /// Each thread's buffers, kept between calls: a fresh 2-4 MB buffer per layer and step
-    /// is a zero fill (and page faults where glibc returns it to the system).
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// `f` with this thread's scratch grown to `points`, `k`, `n`, `tg` (a fresh one if it is in
-/// use).
-pub(super) fn with_scratch<R>(
-    (points, k, n, tg): (usize, usize, usize, usize),
-    f: impl FnOnce(&mut Scratch) -> R,
-) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            s.fit(points, k, n, tg);
-            f(&mut s)
-        }
-        Err(_) => {
-            let mut s = Scratch::default();
-            s.fit(points, k, n, tg);
-            f(&mut s)
-        }
-    })
 }
 
 /// Images per group for `tiles` tiles per image, at most `per` (a thread's share), for
