@@ -314,50 +314,58 @@ fn forward_kernel(w: &[f32], d: &Dims) -> Filter {
     Filter::Plain(forward_filter(w, d))
 }
 
+impl Filter {
+    /// `dst = lhs · u` for one point of the kernel (`cols x n`, inner dimension `k`) into the
+    /// column-major `dst` with columns `ld` apart, on this thread: the plain kernel's point
+    /// starts at `u[at..]` with its `k` rows `9·n` apart, the packed one is point `point`.
+    fn product(
+        &self,
+        (point, at): (usize, usize),
+        dst: &mut [f32],
+        ld: usize,
+        (cols, n, k): (usize, usize, usize),
+        lhs: Mat,
+    ) {
+        assert!(cols <= ld && (n == 0 || dst.len() >= (n - 1) * ld + cols));
+        match self {
+            Filter::Plain(u) => {
+                assert!(k == 0 || at + (k - 1) * 9 * n + n <= u.len());
+                let rhs = Mat {
+                    ptr: u[at..].as_ptr(),
+                    rs: (9 * n) as isize,
+                    cs: 1,
+                };
+                product(dst, ld, (cols, n, k), lhs, rhs, false);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Filter::Packed(pan) => {
+                assert!(pan.k() == k && pan.n() == n);
+                // SAFETY: panels apply (AVX-512F); the callers' lhs holds k steps of cols
+                // values (as for `product`), dst n columns of ld >= cols (asserted).
+                unsafe { pan.product(point, dst.as_mut_ptr(), ld, cols, lhs, false) };
+            }
+        }
+    }
+}
+
 /// `m[p] = v[p] · u[p]` for the 9 points over the first `cols` tiles: `v` `[9][k][tg]`, `u`
 /// `[k][9][n]` (or its panels), `m` `[9][n][tg]`.
 fn products(v: &[f32], u: &Filter, m: &mut [f32], k: usize, n: usize, tg: usize, cols: usize) {
     let ld = lead(tg);
     let (vs, ms) = (point_stride(k, ld), point_stride(n, ld));
     assert!(v.len() >= 9 * vs && m.len() >= 9 * ms && cols <= tg);
-    let u = match u {
-        Filter::Plain(u) => u,
-        #[cfg(target_arch = "x86_64")]
-        Filter::Packed(pan) => {
-            assert!(pan.k() == k && pan.n() == n);
-            for p in 0..9 {
-                let lhs = Mat {
-                    ptr: v[p * vs..].as_ptr(),
-                    rs: 1,
-                    cs: ld as isize,
-                };
-                let dst = &mut m[p * ms..][..n * ld];
-                // SAFETY: panels apply (AVX-512F); v's point block holds k rows of ld >= cols
-                // floats, dst n columns of ld >= cols.
-                unsafe { pan.product(p, dst.as_mut_ptr(), ld, cols, lhs, false) };
-            }
-            return;
-        }
-    };
-    assert!(u.len() >= k * 9 * n);
     for p in 0..9 {
         let lhs = Mat {
             ptr: v[p * vs..].as_ptr(),
             rs: 1,
             cs: ld as isize,
         };
-        let rhs = Mat {
-            ptr: u[p * n..].as_ptr(),
-            rs: (9 * n) as isize,
-            cs: 1,
-        };
-        product(
+        u.product(
+            (p, p * n),
             &mut m[p * ms..][..n * ld],
             ld,
             (cols, n, k),
             lhs,
-            rhs,
-            false,
         );
     }
 }

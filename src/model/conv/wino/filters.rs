@@ -32,35 +32,20 @@ pub(super) fn forward_panels(w: &[f32], d: &Dims) -> Panels {
         assert!(out.len() >= 9 * k * 16);
         // SAFETY: AVX-512F (Panels::applies); the 16 rows of 16 taps at (co, ci) lie in w
         // (co < n, asserted above); every store lands in this block's 9·k·16 values.
-        unsafe { forward_block(w, c_in, jb, k, out.as_mut_ptr().cast::<f32>()) }
+        unsafe {
+            transform_block(
+                w,
+                c_in,
+                |ci, j| ((16 * jb + j) * c_in + ci) * 16,
+                |ph, dy, dx| (2 * dy + ph / 2) * 4 + 2 * dx + ph % 2,
+                (out.as_mut_ptr().cast::<f32>(), |ph, p, ci| {
+                    (p * k + 4 * ci + ph) * 16
+                }),
+            )
+        }
     };
-    // SAFETY: forward_block writes all 9 points of every step of its block.
+    // SAFETY: transform_block writes all 9 points of every step 4ci + ph of its block.
     unsafe { Panels::build(9, k, n, fill) }
-}
-
-/// Block `jb` (columns `16jb..16jb + 16`) of [`forward_panels`].
-///
-/// # Safety
-/// AVX-512F; `w` holds the weights of those columns; `out` `9·k·16` floats.
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_block(w: &[f32], c_in: usize, jb: usize, k: usize, out: *mut f32) {
-    for ci in 0..c_in {
-        let mut rows = [_mm512_setzero_ps(); 16];
-        for (j, r) in rows.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(w.as_ptr().add(((16 * jb + j) * c_in + ci) * 16));
-        }
-        // t[tap] = the tap (4·ky + kx) of the 16 columns
-        let t = transpose16(rows);
-        for ph in 0..4 {
-            let (by, bx) = (ph / 2, ph % 2);
-            let tap = |dy: usize, dx: usize| t[(2 * dy + by) * 4 + 2 * dx + bx];
-            let ut = filter_tile16(tap(0, 0), tap(0, 1), tap(1, 0), tap(1, 1));
-            let q = 4 * ci + ph;
-            for (p, v) in ut.into_iter().enumerate() {
-                _mm512_storeu_ps(out.add((p * k + q) * 16), v);
-            }
-        }
-    }
 }
 
 /// The input gradient's transformed kernels as packed panels (36 points `9·ph + p`, `c_out`
@@ -73,30 +58,50 @@ pub(super) fn grad_input_panels(w: &[f32], d: &Dims) -> Panels {
         assert!(out.len() >= 36 * k * 16);
         // SAFETY: AVX-512F (Panels::applies); the 16 columns' taps at (co, ci) lie in w
         // (ci < n, co < k, asserted above); every store lands in this block's 36·k·16 values.
-        unsafe { grad_input_block(w, n, jb, k, out.as_mut_ptr().cast::<f32>()) }
+        unsafe {
+            transform_block(
+                w,
+                k,
+                |co, j| (co * n + 16 * jb + j) * 16,
+                |ph, dy, dx| (3 - 2 * dy - ph / 2) * 4 + 3 - 2 * dx - ph % 2,
+                (out.as_mut_ptr().cast::<f32>(), |ph, p, co| {
+                    ((9 * ph + p) * k + co) * 16
+                }),
+            )
+        }
     };
-    // SAFETY: grad_input_block writes all 36 points of every step of its block.
+    // SAFETY: transform_block writes all 36 points 9ph + p of every step of its block.
     unsafe { Panels::build(36, k, n, fill) }
 }
 
-/// Block `jb` (columns `ci = 16jb..16jb + 16`) of [`grad_input_panels`].
+/// One block of 16 columns of a Winograd kernel's panels: for each of `steps` steps, the 16
+/// columns' 4x4 taps (16 rows of 16 floats at `w + row(step, j)` for column `j`) are
+/// transposed so that each tap is one vector over the columns; each of the 4 phases takes
+/// the 2x2 taps `tap(phase, dy, dx)` through G g Gᵀ and stores its 9 points at
+/// `out + at(phase, point, step)`.
 ///
 /// # Safety
-/// AVX-512F; `w` holds the weights of those columns; `out` `36·k·16` floats.
+/// AVX-512F; every row and every store lies in `w` / the block `out`.
 #[target_feature(enable = "avx512f")]
-unsafe fn grad_input_block(w: &[f32], c_in: usize, jb: usize, k: usize, out: *mut f32) {
-    for co in 0..k {
+unsafe fn transform_block(
+    w: &[f32],
+    steps: usize,
+    row: impl Fn(usize, usize) -> usize,
+    tap: impl Fn(usize, usize, usize) -> usize,
+    (out, at): (*mut f32, impl Fn(usize, usize, usize) -> usize),
+) {
+    for q in 0..steps {
         let mut rows = [_mm512_setzero_ps(); 16];
         for (j, r) in rows.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(w.as_ptr().add((co * c_in + 16 * jb + j) * 16));
+            *r = _mm512_loadu_ps(w.as_ptr().add(row(q, j)));
         }
+        // t[4·ky + kx] = that tap of the 16 columns
         let t = transpose16(rows);
         for ph in 0..4 {
-            let (py, px) = (ph / 2, ph % 2);
-            let tap = |dy: usize, dx: usize| t[(3 - 2 * dy - py) * 4 + 3 - 2 * dx - px];
-            let ut = filter_tile16(tap(0, 0), tap(0, 1), tap(1, 0), tap(1, 1));
+            let g = |dy: usize, dx: usize| t[tap(ph, dy, dx)];
+            let ut = filter_tile16(g(0, 0), g(0, 1), g(1, 0), g(1, 1));
             for (p, v) in ut.into_iter().enumerate() {
-                _mm512_storeu_ps(out.add(((9 * ph + p) * k + co) * 16), v);
+                _mm512_storeu_ps(out.add(at(ph, p, q)), v);
             }
         }
     }

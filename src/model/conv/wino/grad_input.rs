@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::super::packed::Panels;
 use super::{
     applies, epilogue, filter_tile, filters, group_images, input_gradient_takes, lead,
-    per_thread_groups, point_stride, product, threads, transform_input, winograd_vector_transforms,
+    per_thread_groups, point_stride, threads, transform_input, winograd_vector_transforms,
     ConvGeom, Dims, Epilogue, Filter, Mat, Tiling,
 };
 use crate::model::activation::filled_vec;
@@ -96,27 +96,6 @@ fn phase_products(
     let (vs, ms) = (point_stride(4 * c_out, ld), point_stride(4 * n, ld));
     assert!(v.len() >= 9 * vs && m.len() >= 9 * ms);
     assert!(cols <= tg);
-    let u = match u {
-        Filter::Plain(u) => u,
-        Filter::Packed(pan) => {
-            assert!(pan.k() == c_out && pan.n() == n);
-            for ph in 0..4 {
-                for p in 0..9 {
-                    let lhs = Mat {
-                        ptr: v[p * vs + ph * ld..].as_ptr(),
-                        rs: 1,
-                        cs: (4 * ld) as isize,
-                    };
-                    let dst = &mut m[p * ms + ph * n * ld..][..n * ld];
-                    // SAFETY: panels apply (AVX-512F); the phase's rows of v hold c_out rows
-                    // 4·ld apart of ld >= cols floats, dst n columns of ld >= cols.
-                    unsafe { pan.product(9 * ph + p, dst.as_mut_ptr(), ld, cols, lhs, false) };
-                }
-            }
-            return;
-        }
-    };
-    assert!(u.len() >= 4 * c_out * 9 * n);
     for ph in 0..4 {
         for p in 0..9 {
             let lhs = Mat {
@@ -124,13 +103,9 @@ fn phase_products(
                 rs: 1,
                 cs: (4 * ld) as isize,
             };
-            let rhs = Mat {
-                ptr: u[ph * c_out * 9 * n + p * n..].as_ptr(),
-                rs: (9 * n) as isize,
-                cs: 1,
-            };
             let dst = &mut m[p * ms + ph * n * ld..][..n * ld];
-            product(dst, ld, (cols, n, c_out), lhs, rhs, false);
+            let at = (9 * ph + p, ph * c_out * 9 * n + p * n);
+            u.product(at, dst, ld, (cols, n, c_out), lhs);
         }
     }
 }
