@@ -34,6 +34,8 @@ mod dot;
 mod implicit;
 mod kernels;
 #[cfg(target_arch = "x86_64")]
+mod lanes;
+#[cfg(target_arch = "x86_64")]
 mod micro;
 mod mm;
 #[cfg(target_arch = "x86_64")]
@@ -53,6 +55,8 @@ mod wino3;
 mod wino_simd;
 pub use cache::StackCache;
 use kernels::{forward_and_grad_weight, forward_fused, grad_input_fused, grad_weight};
+#[cfg(target_arch = "x86_64")]
+pub use lanes::{phase_lanes_enabled, set_phase_lanes};
 pub use residual::residual_conv3x3;
 use unfold::Dims;
 pub use wino::{

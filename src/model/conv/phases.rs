@@ -50,65 +50,27 @@ impl PhaseWeights {
     /// From the weights `w` (`[c_out, c_in, 4, 4]`); requires [`applies_grad_input`] (a 4x4 kernel:
     /// 2 taps per phase and axis).
     pub(super) fn new(w: &[f32], d: &Dims, g: &ConvGeom) -> Self {
-        let (k, n) = (g.kernel, d.col_cols());
-        let rows = d.c_out * 4;
+        let (k, rows) = (g.kernel, d.c_out * 4);
         let micro = Micro::for_cols(d.c_in);
         let nr = micro.nr;
         let (mut panels, mut offs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         let mut reach = 0isize;
         for phase in 0..4 {
-            let (ry, rx) = (phase / 2, phase % 2);
-            let taps_y: Vec<(usize, isize)> = (0..k)
-                .filter_map(|ki| {
-                    let (r, dy) = tap_phase(ki, g);
-                    (r == ry).then_some((ki, dy))
-                })
-                .collect();
-            let taps_x: Vec<(usize, isize)> = (0..k)
-                .filter_map(|kj| {
-                    let (r, dx) = tap_phase(kj, g);
-                    (r == rx).then_some((kj, dx))
-                })
-                .collect();
-            let mut off = [0isize; 4];
-            let mut mask = vec![0u32; 4 * n];
-            let mut tap_k = [(0usize, 0usize); 4];
-            for (j, ((ki, dy), (kj, dx))) in taps_y
-                .iter()
-                .flat_map(|a| taps_x.iter().map(move |b| (*a, *b)))
-                .enumerate()
-                .take(4)
-            {
-                tap_k[j] = (ki, kj);
-                off[j] = -(dy * d.wo as isize + dx);
-                reach = reach.max(off[j].abs());
-                let m = &mut mask[j * n..][..n];
-                for a in 0..d.ho {
-                    let oy = a as isize - dy;
-                    if oy < 0 || oy >= d.ho as isize {
-                        continue;
-                    }
-                    for b in 0..d.wo {
-                        let ox = b as isize - dx;
-                        if ox >= 0 && ox < d.wo as isize {
-                            m[a * d.wo + b] = u32::MAX;
-                        }
-                    }
-                }
-            }
+            let taps = PhaseTaps::new(d, g, phase);
+            reach = taps.offs.iter().fold(reach, |r, o| r.max(o.abs()));
             let mut p = vec![0f32; d.c_in.div_ceil(nr) * rows * nr];
             for ci in 0..d.c_in {
                 let panel = &mut p[(ci / nr) * rows * nr..][..rows * nr];
                 for co in 0..d.c_out {
-                    for (j, &(ki, kj)) in tap_k.iter().enumerate() {
+                    for (j, &(ki, kj)) in taps.taps.iter().enumerate() {
                         panel[(co * 4 + j) * nr + ci % nr] =
                             w[((co * d.c_in + ci) * k + ki) * k + kj];
                     }
                 }
             }
             panels.push(p);
-            offs.push(off);
-            masks.push(mask);
+            offs.push(taps.offs);
+            masks.push(taps.masks);
         }
         Self {
             panels,
@@ -117,6 +79,62 @@ impl PhaseWeights {
             masks,
             margin: (reach as usize + MR).next_multiple_of(16),
         }
+    }
+}
+
+/// The 4 taps of one stride phase of a 4x4 stride-2 kernel ([`applies_grad_input`]'s
+/// geometry): input pixel `(2a + ry, 2b + rx)` of phase `ry·2 + rx` receives tap `j`'s
+/// weight times the output gradient at plane pixel `a·wo + b + offs[j]` where `masks` allows.
+pub(super) struct PhaseTaps {
+    /// Per tap `j`: the kernel row and column `(ki, kj)`.
+    pub(super) taps: [(usize, usize); 4],
+    /// Per tap: the offset of the source in a `gy` plane from the plane pixel.
+    pub(super) offs: [isize; 4],
+    /// Per tap, per plane pixel (`[4][ho·wo]`): all ones where the source exists, else 0.
+    pub(super) masks: Vec<u32>,
+}
+
+impl PhaseTaps {
+    pub(super) fn new(d: &Dims, g: &ConvGeom, phase: usize) -> Self {
+        let (k, n) = (g.kernel, d.col_cols());
+        let (ry, rx) = (phase / 2, phase % 2);
+        let along = |r: usize| -> Vec<(usize, isize)> {
+            (0..k)
+                .filter_map(|t| {
+                    let (p, o) = tap_phase(t, g);
+                    (p == r).then_some((t, o))
+                })
+                .collect()
+        };
+        let (taps_y, taps_x) = (along(ry), along(rx));
+        let mut s = Self {
+            taps: [(0, 0); 4],
+            offs: [0; 4],
+            masks: vec![0u32; 4 * n],
+        };
+        for (j, ((ki, dy), (kj, dx))) in taps_y
+            .iter()
+            .flat_map(|a| taps_x.iter().map(move |b| (*a, *b)))
+            .enumerate()
+            .take(4)
+        {
+            s.taps[j] = (ki, kj);
+            s.offs[j] = -(dy * d.wo as isize + dx);
+            let m = &mut s.masks[j * n..][..n];
+            for a in 0..d.ho {
+                let oy = a as isize - dy;
+                if oy < 0 || oy >= d.ho as isize {
+                    continue;
+                }
+                for b in 0..d.wo {
+                    let ox = b as isize - dx;
+                    if ox >= 0 && ox < d.wo as isize {
+                        m[a * d.wo + b] = u32::MAX;
+                    }
+                }
+            }
+        }
+        s
     }
 }
 
@@ -241,6 +259,9 @@ pub(super) fn grad_input(
     g: &ConvGeom,
     epi: Option<Epilogue>,
 ) -> Vec<f32> {
+    if super::lanes::applies(d) {
+        return super::lanes::grad_input(gy, w, b, d, g, epi);
+    }
     let (n, img) = (d.col_cols(), d.c_in * d.h * d.w);
     let out = d.c_out * n;
     let pw = PhaseWeights::new(w, d, g);

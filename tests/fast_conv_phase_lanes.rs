@@ -1,0 +1,101 @@
+//! The stride-phase input gradient of 4x4 stride-2 convolutions with the input channels in
+//! the vector lanes (`conv/lanes.rs`, AVX-512) against candle's native ops and against the
+//! 16-pixel phase kernel it replaces (`conv/phases.rs`): convolutions' input gradients and
+//! transposed convolutions' forwards (with the fused bias + leaky ReLU). The Winograd input
+//! gradient is turned off so that every shape here runs by stride phases. One test in its own
+//! binary: the switches are process-wide.
+
+mod common;
+use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
+
+use candle_core::{Tensor, Var};
+use latent_atlas::model::conv::{
+    avx512_kernels_enabled, conv2d, conv_transpose2d, conv_transpose2d_bias_leaky,
+    phase_lanes_enabled, set_phase_lanes, set_winograd_input_gradient, ConvGeom,
+    InputGradientRoute,
+};
+
+const G: ConvGeom = ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
+
+/// (batch, c_in, side, c_out): every tile shape (32 channels: 12 pixels x 2 vectors; 48 and
+/// 40 (padded to 48): 8 x 3; 64: 6 x 4; 80: a 4- and a 1-vector block; 128: two 4-vector
+/// blocks), pixel counts per phase that leave a partial tile (64 = 5 x 12 + 4, 10 x 6 + 4),
+/// batches that split unevenly, 4-pixel output rows (8x8 images: two rows per transpose;
+/// several images per task), and a 6-pixel output row (12x12 images) that stays on the
+/// 16-pixel kernel.
+const CONVS: [(usize, usize, usize, usize); 9] = [
+    (5, 64, 8, 32),
+    (3, 128, 8, 24),
+    (3, 32, 16, 40),
+    (2, 48, 32, 24),
+    (2, 40, 16, 20),
+    (5, 64, 16, 32),
+    (2, 80, 16, 16),
+    (3, 128, 16, 8),
+    (2, 32, 12, 16),
+];
+
+/// (batch, c_in, side, c_out) of transposed convolutions: the forward is the input gradient
+/// onto `c_out` channels.
+const TRANSPOSED: [(usize, usize, usize, usize); 4] = [
+    (3, 64, 8, 48),
+    (2, 24, 16, 32),
+    (4, 128, 8, 64),
+    (3, 40, 4, 64),
+];
+
+fn leaky(t: &Tensor) -> Tensor {
+    let pos = t.relu().unwrap();
+    let neg = (t - &pos).unwrap();
+    (pos + (neg * 0.2).unwrap()).unwrap()
+}
+
+fn check_all(lanes: bool) {
+    for (i, &(b, c_in, side, c_out)) in CONVS.iter().enumerate() {
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), G).unwrap();
+        let native = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+        let what = format!("lanes {lanes}: {b}x{c_in}x{side}x{side} -> {c_out}");
+        check(&ours, &native, &x, &w, 30 + i as u64, &what);
+    }
+    for (i, &(b, c_in, side, c_out)) in TRANSPOSED.iter().enumerate() {
+        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 50 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
+        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), G).unwrap();
+        let native = x
+            .as_tensor()
+            .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
+            .unwrap();
+        let what = format!("lanes {lanes}: transposed {b}x{c_in}x{side}x{side} -> {c_out}");
+        check(&ours, &native, &x, &w, 70 + i as u64, &what);
+        let bias = rand(&[c_out], 80 + i as u64);
+        let fused =
+            conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
+        let shifted = native
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+            .unwrap();
+        let err = max_abs_diff(&fused, &leaky(&shifted));
+        assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+    }
+}
+
+#[test]
+fn phase_lanes_match_native_and_the_phase_kernel() {
+    assert_eq!(
+        phase_lanes_enabled(),
+        avx512_kernels_enabled(),
+        "on wherever our AVX-512 kernels run"
+    );
+    set_winograd_input_gradient(InputGradientRoute::Off);
+    check_all(phase_lanes_enabled());
+    set_phase_lanes(false);
+    assert!(!phase_lanes_enabled());
+    check_all(false);
+    set_phase_lanes(true);
+    set_winograd_input_gradient(InputGradientRoute::Wide);
+}
