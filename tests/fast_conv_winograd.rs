@@ -29,7 +29,10 @@ const G: ConvGeom = ConvGeom {
 /// tiles per thread (32x32: 64 tiles per image), channel counts that fill no panel
 /// (17, 20, 24), the VAE's widest layer shape at a small batch, and row lengths the vector
 /// input transform splits into 4-pixel groups with a remainder (20: 4 + 1 groups, 25 tiles:
-/// 3 x 8 + 1) or without (64: 16 tiles per row, 256 per image).
+/// 3 x 8 + 1) or without (64: 16 tiles per row, 256 per image). The 24 → 17, 32 → 64 and
+/// 128 → 256 shapes have few tiles for their channels: with two or more threads their weight
+/// gradient runs split by input channels (`wino/grad_weight/by_channels.rs`), the others
+/// split by images.
 const CONVS: [(usize, usize, usize, usize); 8] = [
     (3, 16, 16, 20),
     (2, 24, 12, 17),

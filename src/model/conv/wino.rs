@@ -173,14 +173,14 @@ impl Tiling {
 }
 
 /// Bᵀ d B of every tile of `cnt` images of `src` into `v` (`[9][k][lead(tg)]`: point `p`,
-/// channel `k = 4c + phase`, tile `t` of image `i` at column `i·tiles + t`); `bufs` hold one
+/// channel `k = 4c + phase`, tile `t` of image `i` at column `col0 + i·tiles + t`); `bufs` hold one
 /// padded plane. A tile of phase `(by, bx)` starts every 4 padded pixels, its values 2 apart.
 fn transform_input(
     src: &[f32],
     cnt: usize,
     tl: &Tiling,
     v: &mut [f32],
-    tg: usize,
+    (tg, col0): (usize, usize),
     bufs: &mut [Vec<f32>; 2],
 ) {
     const P: usize = 2;
@@ -190,8 +190,9 @@ fn transform_input(
     let pp = (tl.sh + 2) * pw;
     assert!(src.len() >= cnt * tl.planes * plane);
     let ld = lead(tg);
-    assert!(v.len() >= 9 * point_stride(tl.k(), ld) && cnt * tiles <= tg);
-    let (vp, ps) = (v.as_mut_ptr(), point_stride(tl.k(), ld));
+    assert!(v.len() >= 9 * point_stride(tl.k(), ld) && col0 + cnt * tiles <= tg);
+    // the first image's tiles from column col0
+    let (vp, ps) = (v[col0..].as_mut_ptr(), point_stride(tl.k(), ld));
     #[cfg(target_arch = "x86_64")]
     if winograd_vector_transforms() {
         use super::wino_simd::Windows;
@@ -201,8 +202,8 @@ fn transform_input(
         };
         assert!(tl.th * m == tl.sh && tl.tw * m == tl.sw);
         // SAFETY: AVX2 is available (winograd_vector_transforms); the planes have the sides the
-        // windows need (asserted); the 9 rows at kk·ld + i·tiles, ps apart, each have `tiles`
-        // floats up to column cnt·tiles <= tg < ld (asserted above).
+        // windows need (asserted); the 9 rows at kk·ld + col0 + i·tiles, ps apart, each have
+        // `tiles` floats up to column col0 + cnt·tiles <= tg < ld (asserted above).
         unsafe {
             super::wino_simd::transform_planes(
                 src,
@@ -244,7 +245,7 @@ fn transform_input(
                         let col = col0 + ty * tl.tw + tx;
                         // SAFETY: the asserts above bound every read of the padded plane
                         // (the last tile's values are the farthest) and every write
-                        // (point p < 9, col < tg).
+                        // (point p < 9, col0 + col < tg).
                         unsafe {
                             let r0 = bp.add(base) as *const f32;
                             let (r1, r2) = (r0.add(rs), r0.add(2 * rs));
@@ -458,7 +459,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], b: usize, d: &Dims, epi: Option<Epil
     let fill = |y: &mut [MaybeUninit<f32>]| {
         per_thread_groups(y, out, b, nb, (k, n, tg), |i0, cnt, ychunk, s| {
             let xg = &x[i0 * img..][..cnt * img];
-            transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
+            transform_input(xg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
             products(&s.v, &u, &mut s.m, k, n, tg, cnt * tiles);
             forward_output(&s.m, cnt, d, tg, ychunk, epi);
         })

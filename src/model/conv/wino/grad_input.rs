@@ -72,7 +72,7 @@ pub(in crate::model::conv) fn grad_input(
     let fill = |gx: &mut [MaybeUninit<f32>]| {
         per_thread_groups(gx, img_gx, b, nb, (k, 4 * n, tg), |i0, cnt, chunk, s| {
             let gyg = &gy[i0 * img_gy..][..cnt * img_gy];
-            transform_input(gyg, cnt, &tl, &mut s.v, tg, &mut s.planes);
+            transform_input(gyg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
             phase_products(&s.v, &u, &mut s.m, (d.c_out, n), tg, cnt * tiles);
             grad_input_output(&s.m, cnt, d, tg, chunk, epi);
         })

@@ -10,12 +10,18 @@ use super::{
     filter_tile, group_images, lead, output_tile, point_stride, product, threads, transform_input,
     with_scratch, Dims, Mat, Tiling,
 };
+
+mod by_channels;
 use crate::model::activation::filled_vec;
+use by_channels::{grad_weight_by_channels, splits_channels};
 
 /// `∂/∂w` of `conv2d(x, w)` given `gy` ([`applies`]), `[c_out, c_in, 4, 4]`.
 pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32> {
     let tl = Tiling::strided(d);
     let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
+    if splits_channels(k, n, b * tiles, d.c_in) {
+        return grad_weight_by_channels(x, gy, b, d);
+    }
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
     let chunks = threads().min(b).max(1);
     let per = b.div_ceil(chunks);
@@ -33,7 +39,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
                     let cnt = nb.min(end - i0);
                     let xg = &x[i0 * img..][..cnt * img];
                     let gyg = &gy[i0 * out..][..cnt * out];
-                    transform_input(xg, cnt, &tl, &mut s.v, tg, &mut s.planes);
+                    transform_input(xg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
                     transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
                     let cols = cnt * tiles;
                     // gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ: [n, cols] · [cols, k] into acc [9][k][n]
@@ -95,7 +101,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
 /// G g Gᵀ of the 2x2 tiles of `cnt` images of the output gradient `gy` (`c_out` planes of
 /// `ho x wo`) into `u` (`[9][tg][c_out]`: channels contiguous, the weight gradient's
 /// products read it as a column-major left operand).
-fn transform_grad_tiles(gy: &[f32], cnt: usize, d: &Dims, u: &mut [f32], tg: usize) {
+pub(super) fn transform_grad_tiles(gy: &[f32], cnt: usize, d: &Dims, u: &mut [f32], tg: usize) {
     let (th, tw, n) = (d.ho / 2, d.wo / 2, d.c_out);
     let (plane, tiles) = (d.ho * d.wo, th * tw);
     let ldn = lead(n);
