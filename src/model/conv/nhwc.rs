@@ -39,9 +39,11 @@ use std::sync::Arc;
 use super::ConvGeom;
 
 mod pack;
+mod scratch;
 mod tiles;
 pub(super) use pack::Packed;
 use pack::{pack_conv, pack_deconv, Layer};
+use scratch::{Cached, Scratch};
 use tiles::{tile, tile_avx2, to_planes, to_planes_avx2};
 
 /// Output pixels per tile, at most: the AVX-512 kernel takes 8 pixels x 16·`nz` channels
@@ -163,44 +165,21 @@ impl CustomOp1 for Stack {
         if b > 0 && b < threads {
             // fewer images than threads (a batch-1 decode): one group, each layer's tiles
             // shared out among the threads
-            let mut sc = Scratch::new(&self.layers, &sides, b);
-            self.run_group(&mut sc, &sides, x, b, &mut y, threads);
+            let mut sc = Cached::take(&self.layers, &sides, b);
+            self.run_group(sc.get(), &sides, x, b, &mut y, threads);
         } else if b > 0 {
             let nb = group(&self.layers, &sides, b, threads);
             y.par_chunks_mut(nb * feat).enumerate().for_each_init(
-                || Scratch::new(&self.layers, &sides, nb),
+                || Cached::take(&self.layers, &sides, nb),
                 |sc, (gi, out)| {
                     let cnt = out.len() / feat;
                     let img = c * h * w;
                     let xs = &x[gi * nb * img..(gi * nb + cnt) * img];
-                    self.run_group(sc, &sides, xs, cnt, out, 1);
+                    self.run_group(sc.get(), &sides, xs, cnt, out, 1);
                 },
             );
         }
         Ok((CpuStorage::F32(y), Shape::from((b, feat))))
-    }
-}
-
-/// A thread's activations: `bufs[l]` holds layer `l`'s input (zero border included) for a
-/// group of images, the last one the stack's output `[n][Ho][Wo][C]`. Only interiors are
-/// written, so the borders stay zero from the allocation on.
-struct Scratch {
-    bufs: Vec<Vec<f32>>,
-}
-
-impl Scratch {
-    fn new(layers: &[Layer], sides: &[(usize, usize)], n: usize) -> Self {
-        let mut bufs: Vec<Vec<f32>> = layers
-            .iter()
-            .zip(sides)
-            .map(|(l, (h, w))| {
-                let p = l.geom.padding;
-                vec![0f32; n * (h + 2 * p) * (w + 2 * p) * l.c_in]
-            })
-            .collect();
-        let (ho, wo) = sides[sides.len() - 1];
-        bufs.push(vec![0f32; n * ho * wo * layers[layers.len() - 1].c_out]);
-        Self { bufs }
     }
 }
 
