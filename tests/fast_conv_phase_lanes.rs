@@ -6,9 +6,11 @@
 //! binary: the switches are process-wide.
 
 mod common;
-use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
+use common::{
+    assert_fused_bias_leaky as check_fused, assert_matches_native as check, seeded as rand,
+};
 
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use latent_atlas::model::conv::{
     avx512_kernels_enabled, conv2d, conv_transpose2d, conv_transpose2d_bias_leaky,
     phase_lanes_enabled, set_phase_lanes, set_winograd_input_gradient, ConvGeom,
@@ -48,12 +50,6 @@ const TRANSPOSED: [(usize, usize, usize, usize); 4] = [
     (3, 40, 4, 64),
 ];
 
-fn leaky(t: &Tensor) -> Tensor {
-    let pos = t.relu().unwrap();
-    let neg = (t - &pos).unwrap();
-    (pos + (neg * 0.2).unwrap()).unwrap()
-}
-
 fn check_all(lanes: bool) {
     for (i, &(b, c_in, side, c_out)) in CONVS.iter().enumerate() {
         let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
@@ -76,11 +72,7 @@ fn check_all(lanes: bool) {
         let bias = rand(&[c_out], 80 + i as u64);
         let fused =
             conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
-        let shifted = native
-            .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
-            .unwrap();
-        let err = max_abs_diff(&fused, &leaky(&shifted));
-        assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+        check_fused(&fused, &native, &bias, &what);
     }
 }
 

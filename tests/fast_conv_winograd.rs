@@ -8,9 +8,12 @@
 //! test may run between the two halves.
 
 mod common;
-use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
+use common::{
+    assert_fused_bias_leaky as check_fused, assert_matches_native as check, max_abs_diff,
+    seeded as rand,
+};
 
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use latent_atlas::model::conv::{
     avx512_kernels_enabled, conv2d, conv2d_bias_leaky, conv_transpose2d,
     conv_transpose2d_bias_leaky, set_winograd, set_winograd_input_gradient,
@@ -55,22 +58,6 @@ const TRANSPOSED: [(usize, usize, usize, usize); 5] = [
     (2, 32, 16, 16),
     (2, 16, 10, 16),
 ];
-
-fn leaky(t: &Tensor) -> Tensor {
-    let pos = t.relu().unwrap();
-    let neg = (t - &pos).unwrap();
-    (pos + (neg * 0.2).unwrap()).unwrap()
-}
-
-/// `fused` equals `leaky(native + bias)` (bias per channel) within 1e-4.
-fn check_fused(fused: &Tensor, native: &Tensor, bias: &Tensor, what: &str) {
-    let channels = bias.dims1().unwrap();
-    let shifted = native
-        .broadcast_add(&bias.reshape((1, channels, 1, 1)).unwrap())
-        .unwrap();
-    let err = max_abs_diff(fused, &leaky(&shifted));
-    assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
-}
 
 fn check_all(on: bool) {
     for (i, &(b, c_in, side, c_out)) in CONVS.iter().enumerate() {

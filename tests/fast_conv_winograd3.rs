@@ -7,7 +7,9 @@
 #![cfg(target_arch = "x86_64")]
 
 mod common;
-use common::{assert_matches_native as check, max_abs_diff, seeded as rand};
+use common::{
+    assert_fused_bias_leaky, assert_matches_native as check, leaky, max_abs_diff, seeded as rand,
+};
 
 use candle_core::{Tensor, Var};
 use latent_atlas::model::conv::{
@@ -37,12 +39,6 @@ const CONVS: [(usize, usize, usize, usize); 9] = [
     (9, 128, 8, 128),
 ];
 
-fn leaky(t: &Tensor) -> Tensor {
-    let pos = t.relu().unwrap();
-    let neg = (t - &pos).unwrap();
-    (pos + (neg * 0.2).unwrap()).unwrap()
-}
-
 /// Forward and both gradients of a 3x3 convolution of `x` against candle's, and the fused
 /// bias + leaky ReLU forward against `leaky(native + bias)`.
 fn check_shape(i: usize, (b, c_in, side, c_out): (usize, usize, usize, usize), on: bool) {
@@ -59,11 +55,7 @@ fn check_shape(i: usize, (b, c_in, side, c_out): (usize, usize, usize, usize), o
     check(&ours, &native, &x, &w, 30 + i as u64, &what);
     let bias = rand(&[c_out], 40 + i as u64);
     let fused = conv2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
-    let shifted = native
-        .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
-        .unwrap();
-    let err = max_abs_diff(&fused, &leaky(&shifted));
-    assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+    assert_fused_bias_leaky(&fused, &native, &bias, &what);
 }
 
 /// The residual block `x + conv(leaky(x), w) + b` (one fused node where the kernels apply)

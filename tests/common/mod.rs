@@ -120,6 +120,23 @@ pub fn train_quiet(opts: &TrainOptions, data: &Dataset, out: &Path) -> TrainRepo
     .unwrap()
 }
 
+/// Leaky ReLU with slope 0.2 from candle's own ops (the reference for the fused kernels).
+pub fn leaky(t: &Tensor) -> Tensor {
+    let pos = t.relu().unwrap();
+    let neg = (t - &pos).unwrap();
+    (pos + (neg * 0.2).unwrap()).unwrap()
+}
+
+/// `fused` equals `leaky(native + bias)` (bias per channel of `[B, C, H, W]`) within 1e-4.
+pub fn assert_fused_bias_leaky(fused: &Tensor, native: &Tensor, bias: &Tensor, what: &str) {
+    let channels = bias.dims1().unwrap();
+    let shifted = native
+        .broadcast_add(&bias.reshape((1, channels, 1, 1)).unwrap())
+        .unwrap();
+    let err = max_abs_diff(fused, &leaky(&shifted));
+    assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
+}
+
 /// Largest absolute elementwise difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");

@@ -6,10 +6,12 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::super::mm::as_uninit;
 use super::{
-    filter_tile, group_images, lead, output_tile, point_stride, product, threads, transform_input,
-    with_scratch, Dims, Mat, Tiling,
+    filter_tile, group_images, lead, matmul_into, output_tile, point_stride, threads,
+    transform_input, with_scratch, Dims, Mat, Tiling,
 };
+use gemm::Parallelism;
 
 mod by_channels;
 use crate::model::activation::filled_vec;
@@ -27,7 +29,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
     let per = b.div_ceil(chunks);
     let nb = group_images(tiles, k + n, per);
     let tg = nb * tiles;
-    let (ld, ldn) = (lead(tg), lead(n));
+    let ldn = lead(n);
     let partial: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
@@ -42,21 +44,8 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
                     transform_input(xg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
                     transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
                     let cols = cnt * tiles;
-                    // gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ: [n, cols] · [cols, k] into acc [9][k][n]
-                    for p in 0..9 {
-                        let lhs = Mat {
-                            ptr: s.m[p * point_stride(tg, ldn)..].as_ptr(),
-                            rs: 1,
-                            cs: ldn as isize,
-                        };
-                        let rhs = Mat {
-                            ptr: s.v[p * point_stride(k, ld)..].as_ptr(),
-                            rs: 1,
-                            cs: ld as isize,
-                        };
-                        let dst = &mut acc[p * k * ldn..][..k * ldn];
-                        product(dst, ldn, (n, k, cols), lhs, rhs, true);
-                    }
+                    let (m, v) = (&s.m[..], &s.v[..]);
+                    point_products(as_uninit(&mut acc), (m, v), (n, k, cols, tg), true);
                 }
             });
             acc
@@ -96,6 +85,48 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
     };
     // SAFETY: every (co, ci) of each block gets its 4 phases x 4 taps = 16 values.
     unsafe { filled_vec(d.c_out * d.c_in * 16, fill) }
+}
+
+/// `gwᵀ[p] (+)= ugᵀ[p] · v[p]ᵀ` for the 9 points: `[n, cols] · [cols, k]` into `acc`
+/// (`[9][k][lead(n)]`, column `kk` of point `p` at `(p·k + kk)·lead(n)`), from the
+/// transformed output gradient `m` (`[9][tg][lead(n)]`) and input `v` (`[9][k][lead(tg)]`).
+/// Without `accumulate`, `acc` may be uninitialised: rows `n..` of its columns stay so.
+pub(super) fn point_products(
+    acc: &mut [MaybeUninit<f32>],
+    (m, v): (&[f32], &[f32]),
+    (n, k, cols, tg): (usize, usize, usize, usize),
+    accumulate: bool,
+) {
+    let (ld, ldn) = (lead(tg), lead(n));
+    for p in 0..9 {
+        let lhs = Mat {
+            ptr: m[p * point_stride(tg, ldn)..].as_ptr(),
+            rs: 1,
+            cs: ldn as isize,
+        };
+        let rhs = Mat {
+            ptr: v[p * point_stride(k, ld)..].as_ptr(),
+            rs: 1,
+            cs: ld as isize,
+        };
+        let dst = &mut acc[p * k * ldn..][..k * ldn];
+        let layout = Mat {
+            ptr: dst.as_ptr().cast(),
+            rs: 1,
+            cs: ldn as isize,
+        };
+        matmul_into(
+            dst,
+            layout,
+            n,
+            k,
+            cols,
+            lhs,
+            rhs,
+            accumulate,
+            Parallelism::None,
+        );
+    }
 }
 
 /// G g Gᵀ of the 2x2 tiles of `cnt` images of the output gradient `gy` (`c_out` planes of

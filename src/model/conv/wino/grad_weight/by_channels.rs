@@ -16,13 +16,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::super::{
-    lead, matmul_into, output_tile, point_stride, threads, transform_input, with_scratch, Dims,
-    Mat, Tiling,
-};
-use super::transform_grad_tiles;
+use super::super::{lead, output_tile, threads, transform_input, with_scratch, Dims, Tiling};
+use super::{point_products, transform_grad_tiles};
 use crate::model::activation::filled_vec;
-use gemm::Parallelism;
 
 /// Whether [`grad_weight_by_channels`] takes a layer with `k` = 4·c_in rows and `n` output
 /// channels over `t` tiles in all: with several threads, where one thread's accumulator
@@ -41,7 +37,7 @@ pub(super) fn grad_weight_by_channels(x: &[f32], gy: &[f32], b: usize, d: &Dims)
     let (n, plane, img) = (d.c_out, d.h * d.w, d.c_in * d.h * d.w);
     let tiles = (d.ho / 2) * (d.wo / 2);
     let t = b * tiles;
-    let (ld, ldn) = (lead(t), lead(n));
+    let ldn = lead(n);
     struct Out(*mut MaybeUninit<f32>);
     // SAFETY: each part writes only the weights of its own input channels (disjoint).
     unsafe impl Sync for Out {}
@@ -60,29 +56,10 @@ pub(super) fn grad_weight_by_channels(x: &[f32], gy: &[f32], b: usize, d: &Dims)
                     transform_input(xi, 1, &tl, &mut s.v, (t, i * tiles), &mut s.planes);
                 }
                 transform_grad_tiles(gy, b, d, &mut s.m, t);
-                // acc[p] = ugᵀ[p] · v[p]ᵀ: [n, t] · [t, k], column kk at kk·ldn (rows past n
-                // are neither written nor read: no zero fill)
+                // the 9 products over all tiles at once, into an uninitialised accumulator
                 let mut acc: Vec<f32> = Vec::with_capacity(9 * k * ldn);
                 let acc = &mut acc.spare_capacity_mut()[..9 * k * ldn];
-                for p in 0..9 {
-                    let lhs = Mat {
-                        ptr: s.m[p * point_stride(t, ldn)..].as_ptr(),
-                        rs: 1,
-                        cs: ldn as isize,
-                    };
-                    let rhs = Mat {
-                        ptr: s.v[p * point_stride(k, ld)..].as_ptr(),
-                        rs: 1,
-                        cs: ld as isize,
-                    };
-                    let dst = &mut acc[p * k * ldn..][..k * ldn];
-                    let layout = Mat {
-                        ptr: dst.as_ptr().cast(),
-                        rs: 1,
-                        cs: ldn as isize,
-                    };
-                    matmul_into(dst, layout, n, k, t, lhs, rhs, false, Parallelism::None);
-                }
+                point_products(acc, (&s.m, &s.v), (n, k, t, t), false);
                 // Aᵀ m A into gw[co, c0 + ci, 2dy + by, 2dx + bx] for row kk = 4ci + 2by + bx
                 for kk in 0..k {
                     let (ci, by, bx) = (c0 + kk / 4, (kk / 2) % 2, kk % 2);
