@@ -6,21 +6,11 @@
 //! binary: the switches are process-wide.
 
 mod common;
-use common::{
-    assert_fused_bias_leaky as check_fused, assert_matches_native as check, seeded as rand,
-};
+use common::{check_stride2_conv, check_stride2_transposed};
 
-use candle_core::Var;
 use latent_atlas::model::conv::{
-    avx512_kernels_enabled, conv2d, conv_transpose2d, conv_transpose2d_bias_leaky,
-    phase_lanes_enabled, set_phase_lanes, set_winograd_input_gradient, ConvGeom,
+    avx512_kernels_enabled, phase_lanes_enabled, set_phase_lanes, set_winograd_input_gradient,
     InputGradientRoute,
-};
-
-const G: ConvGeom = ConvGeom {
-    kernel: 4,
-    stride: 2,
-    padding: 1,
 };
 
 /// (batch, c_in, side, c_out): every tile shape (32 channels: 12 pixels x 2 vectors; 48 and
@@ -52,27 +42,12 @@ const TRANSPOSED: [(usize, usize, usize, usize); 4] = [
 
 fn check_all(lanes: bool) {
     for (i, &(b, c_in, side, c_out)) in CONVS.iter().enumerate() {
-        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
-        let w = Var::from_tensor(&rand(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
-        let ours = conv2d(x.as_tensor(), w.as_tensor(), G).unwrap();
-        let native = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
         let what = format!("lanes {lanes}: {b}x{c_in}x{side}x{side} -> {c_out}");
-        check(&ours, &native, &x, &w, 30 + i as u64, &what);
+        check_stride2_conv(i, (b, c_in, side, c_out), &what);
     }
     for (i, &(b, c_in, side, c_out)) in TRANSPOSED.iter().enumerate() {
-        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 50 + i as u64)).unwrap();
-        let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
-        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), G).unwrap();
-        let native = x
-            .as_tensor()
-            .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
-            .unwrap();
         let what = format!("lanes {lanes}: transposed {b}x{c_in}x{side}x{side} -> {c_out}");
-        check(&ours, &native, &x, &w, 70 + i as u64, &what);
-        let bias = rand(&[c_out], 80 + i as u64);
-        let fused =
-            conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
-        check_fused(&fused, &native, &bias, &what);
+        check_stride2_transposed(i, (b, c_in, side, c_out), &what);
     }
 }
 

@@ -9,8 +9,8 @@
 
 mod common;
 use common::{
-    assert_fused_bias_leaky as check_fused, assert_matches_native as check, max_abs_diff,
-    seeded as rand,
+    assert_fused_bias_leaky as check_fused, assert_matches_native as check, check_stride2_conv,
+    check_stride2_transposed, max_abs_diff, seeded as rand,
 };
 
 use candle_core::Var;
@@ -66,16 +66,9 @@ fn check_all(on: bool) {
             on,
             "route of {b}x{c_in}x{side} -> {c_out}"
         );
-        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 10 + i as u64)).unwrap();
-        let w = Var::from_tensor(&rand(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
-        let ours = conv2d(x.as_tensor(), w.as_tensor(), G).unwrap();
-        let native = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+        // with the bias + leaky ReLU applied by the output transform
         let what = format!("winograd {on}: {b}x{c_in}x{side}x{side} -> {c_out}");
-        check(&ours, &native, &x, &w, 30 + i as u64, &what);
-        // bias + leaky ReLU applied by the output transform
-        let bias = rand(&[c_out], 40 + i as u64);
-        let fused = conv2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
-        check_fused(&fused, &native, &bias, &what);
+        check_stride2_conv(i, (b, c_in, side, c_out), &what);
     }
     // a non-square image, 4 tiles each (the 4-lane paths of the vector transforms: square
     // sides give multiples of 16 tiles)
@@ -109,19 +102,8 @@ fn check_all(on: bool) {
             on,
             "route of the backward of transposed {b}x{c_in}x{side} -> {c_out}"
         );
-        let x = Var::from_tensor(&rand(&[b, c_in, side, side], 50 + i as u64)).unwrap();
-        let w = Var::from_tensor(&rand(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
-        let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), G).unwrap();
-        let native = x
-            .as_tensor()
-            .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
-            .unwrap();
         let what = format!("winograd {on}: transposed {b}x{c_in}x{side}x{side} -> {c_out}");
-        check(&ours, &native, &x, &w, 70 + i as u64, &what);
-        let bias = rand(&[c_out], 80 + i as u64);
-        let fused =
-            conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, G, 0.2).unwrap();
-        check_fused(&fused, &native, &bias, &what);
+        check_stride2_transposed(i, (b, c_in, side, c_out), &what);
     }
 }
 

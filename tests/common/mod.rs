@@ -137,6 +137,56 @@ pub fn assert_fused_bias_leaky(fused: &Tensor, native: &Tensor, bias: &Tensor, w
     assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
 }
 
+/// A 4x4 stride-2 padding-1 convolution of `b` random `c_in x side x side` images to `c_out`
+/// channels (seeds `10 + i`, `20 + i`, `30 + i`) against candle's: forward and both gradients
+/// ([`assert_matches_native`]); then its fused bias + leaky ReLU forward (bias seed `40 + i`).
+pub fn check_stride2_conv(
+    i: usize,
+    (b, c_in, side, c_out): (usize, usize, usize, usize),
+    what: &str,
+) {
+    use latent_atlas::model::conv::{conv2d, conv2d_bias_leaky, ConvGeom};
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let x = Var::from_tensor(&seeded(&[b, c_in, side, side], 10 + i as u64)).unwrap();
+    let w = Var::from_tensor(&seeded(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
+    let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+    let native = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1).unwrap();
+    assert_matches_native(&ours, &native, &x, &w, 30 + i as u64, what);
+    let bias = seeded(&[c_out], 40 + i as u64);
+    let fused = conv2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, g, 0.2).unwrap();
+    assert_fused_bias_leaky(&fused, &native, &bias, what);
+}
+
+/// [`check_stride2_conv`] for the transposed convolution of `b` random `c_in x side x side`
+/// inputs to `c_out` channels (seeds `50 + i` to `80 + i`).
+pub fn check_stride2_transposed(
+    i: usize,
+    (b, c_in, side, c_out): (usize, usize, usize, usize),
+    what: &str,
+) {
+    use latent_atlas::model::conv::{conv_transpose2d, conv_transpose2d_bias_leaky, ConvGeom};
+    let g = ConvGeom {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let x = Var::from_tensor(&seeded(&[b, c_in, side, side], 50 + i as u64)).unwrap();
+    let w = Var::from_tensor(&seeded(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
+    let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), g).unwrap();
+    let native = x
+        .as_tensor()
+        .conv_transpose2d(w.as_tensor(), 1, 0, 2, 1)
+        .unwrap();
+    assert_matches_native(&ours, &native, &x, &w, 70 + i as u64, what);
+    let bias = seeded(&[c_out], 80 + i as u64);
+    let fused = conv_transpose2d_bias_leaky(x.as_tensor(), w.as_tensor(), &bias, g, 0.2).unwrap();
+    assert_fused_bias_leaky(&fused, &native, &bias, what);
+}
+
 /// Largest absolute elementwise difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
