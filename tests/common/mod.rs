@@ -137,6 +137,13 @@ pub fn assert_fused_bias_leaky(fused: &Tensor, native: &Tensor, bias: &Tensor, w
     assert!(err < 1e-4, "{what}: fused bias + leaky off by {err}");
 }
 
+/// The encoders' and decoders' 4x4 stride-2 padding-1 geometry.
+pub const STRIDE2: latent_atlas::model::conv::ConvGeom = latent_atlas::model::conv::ConvGeom {
+    kernel: 4,
+    stride: 2,
+    padding: 1,
+};
+
 /// A 4x4 stride-2 padding-1 convolution of `b` random `c_in x side x side` images to `c_out`
 /// channels (seeds `10 + i`, `20 + i`, `30 + i`) against candle's: forward and both gradients
 /// ([`assert_matches_native`]); then its fused bias + leaky ReLU forward (bias seed `40 + i`).
@@ -145,12 +152,8 @@ pub fn check_stride2_conv(
     (b, c_in, side, c_out): (usize, usize, usize, usize),
     what: &str,
 ) {
-    use latent_atlas::model::conv::{conv2d, conv2d_bias_leaky, ConvGeom};
-    let g = ConvGeom {
-        kernel: 4,
-        stride: 2,
-        padding: 1,
-    };
+    use latent_atlas::model::conv::{conv2d, conv2d_bias_leaky};
+    let g = STRIDE2;
     let x = Var::from_tensor(&seeded(&[b, c_in, side, side], 10 + i as u64)).unwrap();
     let w = Var::from_tensor(&seeded(&[c_out, c_in, 4, 4], 20 + i as u64)).unwrap();
     let ours = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
@@ -168,12 +171,8 @@ pub fn check_stride2_transposed(
     (b, c_in, side, c_out): (usize, usize, usize, usize),
     what: &str,
 ) {
-    use latent_atlas::model::conv::{conv_transpose2d, conv_transpose2d_bias_leaky, ConvGeom};
-    let g = ConvGeom {
-        kernel: 4,
-        stride: 2,
-        padding: 1,
-    };
+    use latent_atlas::model::conv::{conv_transpose2d, conv_transpose2d_bias_leaky};
+    let g = STRIDE2;
     let x = Var::from_tensor(&seeded(&[b, c_in, side, side], 50 + i as u64)).unwrap();
     let w = Var::from_tensor(&seeded(&[c_in, c_out, 4, 4], 60 + i as u64)).unwrap();
     let ours = conv_transpose2d(x.as_tensor(), w.as_tensor(), g).unwrap();
