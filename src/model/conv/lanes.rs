@@ -80,18 +80,18 @@ const fn strip_stride(mr: usize) -> usize {
 /// accumulate)`.
 type Kernel = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, usize, bool);
 
-/// The kernel for `nv` channel vectors and `mr` pixels.
+/// The kernel for `nv` channel vectors and `mr` pixels ([`pixels_per_tile`] of the widest
+/// block): 6 pixels beside blocks of 1-4 vectors (64+ channels), 8 beside 3 (48), 12 beside
+/// 2 (32; [`applies`] takes no fewer channels).
 fn kernel(nv: usize, mr: usize) -> Kernel {
+    debug_assert!(mr == pixels_per_tile(nv.max(2)) || mr == 6);
     match (nv, mr) {
         (4, _) => tile::<4, 6>,
         (3, 6) => tile::<3, 6>,
         (2, 6) => tile::<2, 6>,
-        (1, 6) => tile::<1, 6>,
+        (1, _) => tile::<1, 6>,
         (3, _) => tile::<3, 8>,
-        (2, 8) => tile::<2, 8>,
-        (1, 8) => tile::<1, 8>,
-        (2, _) => tile::<2, 12>,
-        _ => tile::<1, 12>,
+        _ => tile::<2, 12>,
     }
 }
 
@@ -229,7 +229,8 @@ impl LaneWeights {
     }
 }
 
-/// Per-task buffers: a strip, and one image's 4 phases of tiles (`[4][n][cp]`).
+/// Per-task buffers: a strip of one block of rows, and the 4 phases of tiles of each image
+/// of a group (`[cnt][4][n][cp]`).
 #[derive(Default)]
 struct Scratch {
     strip: Vec<f32>,
@@ -287,15 +288,15 @@ fn group(
 ) {
     let (n, k, cp, mr) = (d.col_cols(), 4 * d.c_out, lw.cp, lw.mr);
     let ls = strip_stride(mr);
-    s.strip.resize(k * ls + 16, 0.0);
+    // Blocks of `kc` rows (whole output-gradient channels), so that a block's weights (at
+    // most 16 KB), the strip and the gy lines it reads stay in L1 from one strip to the next
+    let kc = if cp <= 32 { 128 } else { 64 };
+    s.strip.resize(kc.min(k) * ls + 16, 0.0);
     // the strip from a 64-byte boundary: its rows are whole aligned vectors
     let skip = s.strip.as_ptr().align_offset(64).min(15);
     let strip = &mut s.strip[skip..];
     s.tiles.resize(cnt * 4 * n * cp, 0.0);
     let out = d.c_out * n;
-    // Blocks of `kc` rows (whole output-gradient channels), so that a block's weights (at
-    // most 16 KB), the strip and the gy lines it reads stay in L1 from one strip to the next
-    let kc = if cp <= 32 { 128 } else { 64 };
     for phase in 0..4 {
         let weights = &lw.rows[phase * k * cp..][..k * cp];
         for k0 in (0..k).step_by(kc) {
@@ -310,7 +311,7 @@ fn group(
                 for (j, mask) in masks.iter_mut().enumerate() {
                     *mask = lw.bits[(phase * 4 + j) * lw.tiles + t];
                 }
-                // SAFETY: AVX-512F and VL (applies); the strip holds k·ls floats from a
+                // SAFETY: AVX-512F and VL (applies); the strip holds kc·ls floats from a
                 // 64-byte boundary; masked lanes are pixels p0 + i < n whose source lies
                 // inside gy's plane.
                 unsafe { pack_strip(gy, n, cos, &lw.offs[phase], masks, p0, ls, strip) };
