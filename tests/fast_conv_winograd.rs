@@ -50,13 +50,16 @@ const CONVS: [(usize, usize, usize, usize); 8] = [
 /// (batch, c_in, side, c_out) of transposed convolutions: their forward runs the Winograd
 /// input gradient (with the vector transforms), their backward the Winograd forward and
 /// weight gradient on the output gradient (`c_out` is the convolution's input); 2x2 tiles per
-/// output phase row: 2, 4, 8, and 5 (a 4-tile group and a remainder).
-const TRANSPOSED: [(usize, usize, usize, usize); 5] = [
+/// output phase row: 2, 4, 8, and 5 (a 4-tile group and a remainder). Six images of 64 tiles
+/// split into two shares of three, each run as a group of two and a group of one: the
+/// backward's fused forward + weight gradient writing each group's output at its offset.
+const TRANSPOSED: [(usize, usize, usize, usize); 6] = [
     (3, 32, 8, 16),
     (2, 64, 4, 24),
     (2, 256, 4, 128),
     (2, 32, 16, 16),
     (2, 16, 10, 16),
+    (6, 32, 16, 16),
 ];
 
 fn check_all(on: bool) {

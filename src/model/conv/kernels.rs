@@ -339,6 +339,9 @@ pub(super) fn forward_and_grad_weight(
     g: &ConvGeom,
 ) -> (Vec<f32>, Vec<f32>) {
     if b >= threads() && wino::applies(d, g) {
+        if let Some(both) = wino::forward_and_grad_weight(x, w, gy, b, d) {
+            return both;
+        }
         return (
             wino::forward(x, w, b, d, None),
             wino::grad_weight(x, gy, b, d),

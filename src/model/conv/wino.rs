@@ -53,7 +53,7 @@ mod grad_input;
 mod grad_weight;
 #[cfg(target_arch = "x86_64")]
 pub(super) use grad_input::{applies_grad_input, grad_input};
-pub(super) use grad_weight::grad_weight;
+pub(super) use grad_weight::{forward_and_grad_weight, grad_weight};
 mod scratch;
 pub(in crate::model::conv) use scratch::{with_scratch, Scratch};
 mod switches;

@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use super::super::mm::as_uninit;
 use super::{
-    filter_tile, group_images, lead, matmul_into, output_tile, point_stride, threads,
-    transform_input, with_scratch, Dims, Mat, Tiling,
+    filter_tile, forward_kernel, forward_output, group_images, lead, matmul_into, output_tile,
+    point_stride, products, threads, transform_input, with_scratch, Dims, Filter, Mat, Tiling,
 };
 use gemm::Parallelism;
 
@@ -20,19 +20,65 @@ use by_channels::{grad_weight_by_channels, splits_channels};
 /// `∂/∂w` of `conv2d(x, w)` given `gy` ([`applies`]), `[c_out, c_in, 4, 4]`.
 pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &Dims) -> Vec<f32> {
     let tl = Tiling::strided(d);
-    let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
-    if splits_channels(k, n, b * tiles, d.c_in) {
+    if splits_channels(tl.k(), d.c_out, b * tl.tiles(), d.c_in) {
         return grad_weight_by_channels(x, gy, b, d);
     }
+    finish(&partials(x, gy, b, d, None), d)
+}
+
+/// `conv2d(x, w)` and its weight gradient given `gy` ([`applies`]) in one pass over the
+/// groups of images, each group's transformed input serving the forward's products and then
+/// the weight gradient's: a transposed convolution's backward, whose input gradient is the
+/// forward of the tensor that its weight gradient reads (the two separately transformed
+/// it twice). `None` where the weight gradient splits by channels instead.
+pub(in crate::model::conv) fn forward_and_grad_weight(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    b: usize,
+    d: &Dims,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let tl = Tiling::strided(d);
+    if splits_channels(tl.k(), d.c_out, b * tl.tiles(), d.c_in) {
+        return None;
+    }
+    let u = forward_kernel(w, d);
+    let mut partial = Vec::new();
+    let fill = |y: &mut [MaybeUninit<f32>]| partial = partials(x, gy, b, d, Some((&u, y)));
+    // SAFETY: the threads' shares cover the output, and forward_output writes every pixel
+    // of each group.
+    let y = unsafe { filled_vec(b * d.c_out * d.ho * d.wo, fill) };
+    Some((y, finish(&partial, d)))
+}
+
+/// Each thread's `[9][k][lead(n)]` weight-gradient accumulator over its contiguous share of
+/// the images, in groups; with `fwd = (u, y)` also the forward of each group into `y`.
+fn partials(
+    x: &[f32],
+    gy: &[f32],
+    b: usize,
+    d: &Dims,
+    fwd: Option<(&Filter, &mut [MaybeUninit<f32>])>,
+) -> Vec<Vec<f32>> {
+    let tl = Tiling::strided(d);
+    let (k, n, tiles) = (tl.k(), d.c_out, tl.tiles());
     let (img, out) = (d.c_in * d.h * d.w, d.c_out * d.ho * d.wo);
-    let chunks = threads().min(b).max(1);
-    let per = b.div_ceil(chunks);
+    let per = b.div_ceil(threads().min(b).max(1));
+    let parts = b.div_ceil(per.max(1));
     let nb = group_images(tiles, k + n, per);
     let tg = nb * tiles;
     let ldn = lead(n);
-    let partial: Vec<Vec<f32>> = (0..chunks)
+    let (u, shares): (_, Vec<Option<&mut [MaybeUninit<f32>]>>) = match fwd {
+        Some((u, y)) => {
+            assert!(y.len() == b * out);
+            (Some(u), y.chunks_mut(per * out).map(Some).collect())
+        }
+        None => (None, (0..parts).map(|_| None).collect()),
+    };
+    shares
         .into_par_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(c, mut share)| {
             // [9][k][ldn], summed over this thread's images
             let mut acc = vec![0f32; 9 * k * ldn];
             with_scratch((9, k, n, tg), |s| {
@@ -41,16 +87,27 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
                     let cnt = nb.min(end - i0);
                     let xg = &x[i0 * img..][..cnt * img];
                     let gyg = &gy[i0 * out..][..cnt * out];
-                    transform_input(xg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
-                    transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
                     let cols = cnt * tiles;
+                    transform_input(xg, cnt, &tl, &mut s.v, (tg, 0), &mut s.planes);
+                    if let (Some(u), Some(y)) = (u, share.as_deref_mut()) {
+                        products(&s.v, u, &mut s.m, k, n, tg, cols);
+                        let yg = &mut y[(i0 - start) * out..][..cnt * out];
+                        forward_output(&s.m, cnt, d, tg, yg, None);
+                    }
+                    transform_grad_tiles(gyg, cnt, d, &mut s.m, tg);
                     let (m, v) = (&s.m[..], &s.v[..]);
                     point_products(as_uninit(&mut acc), (m, v), (n, k, cols, tg), true);
                 }
             });
             acc
         })
-        .collect();
+        .collect()
+}
+
+/// `[c_out, c_in, 4, 4]` from the threads' accumulators ([`partials`]).
+fn finish(partial: &[Vec<f32>], d: &Dims) -> Vec<f32> {
+    let k = 4 * d.c_in;
+    let ldn = lead(d.c_out);
     // Aᵀ m A per (k, co) of the threads' summed accumulators into gw[co, ci, 2dy + by,
     // 2dx + bx], in parallel over blocks of 16 output channels: each (p, k) row is read 16
     // channels at a time, and each block's 16 x c_in x 16 weights are finished in L1/L2
@@ -67,7 +124,7 @@ pub(in crate::model::conv) fn grad_weight(x: &[f32], gy: &[f32], b: usize, d: &D
                     for j in 0..cols {
                         let at = kk * ldn + co0 + j;
                         let mut mt = [0f32; 9];
-                        for part in &partial {
+                        for part in partial {
                             for (p, m) in mt.iter_mut().enumerate() {
                                 *m += part[p * ps + at];
                             }
