@@ -195,18 +195,96 @@ pub(super) fn transform_grad_tiles(gy: &[f32], cnt: usize, d: &Dims, u: &mut [f3
     let ldn = lead(n);
     let ps = point_stride(tg, ldn);
     assert!(gy.len() >= cnt * n * plane && u.len() >= 9 * ps && cnt * tiles <= tg);
+    // channels in blocks of 16 on AVX-512 (one vector per point and tile), the rest scalar
+    #[cfg(target_arch = "x86_64")]
+    let vector = if super::super::micro::has_avx512() {
+        n / 16 * 16
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = 0;
     for i in 0..cnt {
         let gi = &gy[i * n * plane..][..n * plane];
+        #[cfg(target_arch = "x86_64")]
+        if vector > 0 {
+            // SAFETY: AVX-512F is available; the gathers read pixels of the first `vector`
+            // planes of gi (2ty + 1 < ho, 2tx + 1 < wo), the stores write 16 channels from
+            // cb < vector <= n at point p, column col < tg of u (asserted above).
+            unsafe {
+                grad_tiles16(
+                    gi,
+                    (th, tw, d.wo),
+                    vector,
+                    (u.as_mut_ptr(), ps, ldn),
+                    i * tiles,
+                )
+            };
+        }
         for ty in 0..th {
             for tx in 0..tw {
                 let col = i * tiles + ty * tw + tx;
                 let px = 2 * ty * d.wo + 2 * tx;
-                for (co, s) in gi.chunks_exact(plane).enumerate() {
+                for (co, s) in gi.chunks_exact(plane).enumerate().skip(vector) {
                     let g = [[s[px], s[px + 1]], [s[px + d.wo], s[px + d.wo + 1]]];
                     let ut = filter_tile(g);
                     for (p, val) in ut.into_iter().enumerate() {
                         u[p * ps + col * ldn + co] = val;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// [`transform_grad_tiles`] of the first `channels` (a multiple of 16) planes of one image
+/// `gi`, 16 channels at a time: the 4 pixels of a tile gathered across the channels' planes,
+/// the 9 points stored as whole vectors (channels are contiguous in `u`). The scalar loop
+/// wrote one float per point, tile and channel.
+///
+/// # Safety
+/// AVX-512F is available; `gi` holds `channels` planes of `2th x wo` pixels (`2tw <= wo`);
+/// `u` is writable at `p·ps + (col0 + t)·ldn + c` for `p < 9`, `t < th·tw`, `c < channels`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_tiles16(
+    gi: &[f32],
+    (th, tw, wo): (usize, usize, usize),
+    channels: usize,
+    (u, ps, ldn): (*mut f32, usize, usize),
+    col0: usize,
+) {
+    use std::arch::x86_64::*;
+    let plane = 2 * th * wo;
+    assert!(channels.is_multiple_of(16) && gi.len() >= channels * plane && 2 * tw <= wo);
+    assert!(16 * plane < i32::MAX as usize);
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let idx = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(plane as i32));
+    for cb in (0..channels).step_by(16) {
+        let base = gi.as_ptr().add(cb * plane);
+        for ty in 0..th {
+            for tx in 0..tw {
+                let p = base.add(2 * ty * wo + 2 * tx);
+                let a = _mm512_i32gather_ps::<4>(idx, p.cast());
+                let b = _mm512_i32gather_ps::<4>(idx, p.add(1).cast());
+                let c = _mm512_i32gather_ps::<4>(idx, p.add(wo).cast());
+                let d = _mm512_i32gather_ps::<4>(idx, p.add(wo + 1).cast());
+                // G g Gᵀ as filter_tile: a, a + b, b, a + c, a + b + c + d, b + d, c, c + d, d
+                let (ac, bd) = (_mm512_add_ps(a, c), _mm512_add_ps(b, d));
+                let vals = [
+                    a,
+                    _mm512_add_ps(a, b),
+                    b,
+                    ac,
+                    _mm512_add_ps(ac, bd),
+                    bd,
+                    c,
+                    _mm512_add_ps(c, d),
+                    d,
+                ];
+                let o = u.add((col0 + ty * tw + tx) * ldn + cb);
+                for (pt, v) in vals.into_iter().enumerate() {
+                    _mm512_storeu_ps(o.add(pt * ps), v);
                 }
             }
         }
