@@ -37,10 +37,27 @@ pub fn version_of(ids: &[TensorId]) -> u64 {
 #[allow(clippy::disallowed_methods)]
 pub fn assign(var: &Var, value: &Tensor) -> candle_core::Result<()> {
     let r = var.set(value);
+    bump(var);
+    r
+}
+
+/// A new version for `var`.
+fn bump(var: &Var) {
     let mut held = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
     held.0 += 1;
     let v = held.0;
     held.1.get_or_insert_with(HashMap::new).insert(var.id(), v);
+}
+
+/// `var` rewritten in place by `op` (which reads `rhs`), then its version moves on, as
+/// [`assign`].
+pub fn update_in_place<C: candle_core::InplaceOp2>(
+    var: &Var,
+    rhs: &Tensor,
+    op: &C,
+) -> candle_core::Result<()> {
+    let r = var.as_tensor().inplace_op2(rhs, op);
+    bump(var);
     r
 }
 
