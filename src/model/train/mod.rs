@@ -405,6 +405,19 @@ pub fn train(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<TrainReport> {
+    super::device::on_compute_pool(|| train_here(opts, data, out, device, resume, progress, cancel))
+}
+
+/// [`train`] on the calling thread.
+fn train_here(
+    opts: &TrainOptions,
+    data: &Dataset,
+    out: &Path,
+    device: &Device,
+    resume: bool,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<TrainReport> {
     std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
         action: "cannot create output directory",
         source,
