@@ -70,11 +70,24 @@ fn shipped_orl_pixels_are_sane_grayscale() {
 fn batch_is_scaled_and_checked() {
     let ds = orl().unwrap();
     let device = candle_core::Device::Cpu;
-    let batch = ds.batch(&[0, 399, 5], &device).unwrap();
-    assert_eq!(batch.dims(), &[3, 3, 64, 64]);
+    // single images and a run of consecutive ones (converted together)
+    let picks = [0, 399, 5, 6, 7];
+    let batch = ds.batch(&picks, &device).unwrap();
+    assert_eq!(batch.dims(), &[5, 3, 64, 64]);
     let values: Vec<f32> = batch.flatten_all().unwrap().to_vec1().unwrap();
     assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert_eq!(values[IMAGE_LEN], f32::from(ds.image_u8(399)[0]) / 255.0);
+    for (slot, &index) in picks.iter().enumerate() {
+        let want: Vec<f32> = ds
+            .image_u8(index)
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        assert_eq!(
+            &values[slot * IMAGE_LEN..][..IMAGE_LEN],
+            &want[..],
+            "image {index}"
+        );
+    }
     let err = ds.batch(&[1, 400], &device).unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
     assert_eq!(ds.image_u8(400), &[] as &[u8]);
