@@ -183,7 +183,8 @@ impl Adam {
             };
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             let w = var.as_tensor();
-            if w.device().is_cpu() && w.dtype() == candle_core::DType::F32 && g.dims() == w.dims() {
+            let f32_cpu = w.device().is_cpu() && w.dtype() == candle_core::DType::F32;
+            if f32_cpu && w.is_contiguous() && g.dims() == w.dims() {
                 // in place, reading the gradient where it lies
                 let op = Update {
                     moments: std::sync::Mutex::new((m, v)),
