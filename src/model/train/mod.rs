@@ -405,132 +405,124 @@ pub fn train(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<TrainReport> {
-    super::device::on_compute_pool(|| train_here(opts, data, out, device, resume, progress, cancel))
-}
-
-/// [`train`] on the calling thread.
-fn train_here(
-    opts: &TrainOptions,
-    data: &Dataset,
-    out: &Path,
-    device: &Device,
-    resume: bool,
-    progress: &dyn Progress,
-    cancel: &Cancel,
-) -> Result<TrainReport> {
-    std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
-        action: "cannot create output directory",
-        source,
-        path: out.to_path_buf(),
-    })?;
-    let mut run = Run::new(opts, data, out, device, resume)?;
-    let options_json =
-        serde_json::to_value(opts).map_err(|e| ModelError::BadInput(e.to_string()))?;
-    write_atomic(
-        &out.join("train_config.json"),
-        serde_json::to_string_pretty(&options_json)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    let spe = run.steps_per_epoch();
-    let total = (opts.epochs * spe) as u64;
-    progress.start(&format!("training {}", opts.name), total);
-    let mut cancelled = false;
-    'epochs: while run.state.epoch < opts.epochs {
-        let epoch = run.state.epoch;
-        let order = run.epoch_order(epoch);
-        let (mut sum_main, mut sum_aux, mut count) = (0.0, 0.0, 0usize);
-        let t0 = Instant::now();
-        let mut images = 0u64;
-        let mut step_secs = Vec::with_capacity(spe);
-        while run.state.step_in_epoch < spe {
-            if cancel.is_cancelled() || opts.max_steps.is_some_and(|m| run.state.global_step >= m) {
-                cancelled = cancel.is_cancelled();
-                run.state.train_secs += t0.elapsed().as_secs_f64();
-                run.save_checkpoint()?;
-                break 'epochs;
-            }
-            let s = run.state.step_in_epoch;
-            let n = order.len().max(1);
-            let batch: Vec<usize> = (0..opts.batch_size)
-                .map(|i| {
-                    order
-                        .get((s * opts.batch_size + i) % n)
-                        .copied()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let ts = Instant::now();
-            let (main, aux) = run.step(&batch)?;
-            step_secs.push(ts.elapsed().as_secs_f64());
-            if !main.is_finite() {
-                return Err(ModelError::BadInput(format!(
-                    "training diverged (loss {main}) at step {}",
-                    run.state.global_step
-                )));
-            }
-            sum_main += main;
-            sum_aux += aux;
-            count += 1;
-            images += opts.batch_size as u64;
-            run.state.step_in_epoch += 1;
-            run.state.global_step += 1;
-            run.state.images_seen += opts.batch_size as u64;
-            let ips = images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            progress.update(
-                (epoch * spe + run.state.step_in_epoch) as u64,
-                &format!(
-                    "epoch {}/{} loss {main:.5} aux {aux:.4} {ips:.0} img/s",
-                    epoch + 1,
-                    opts.epochs
-                ),
-            );
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        run.state.train_secs += secs;
-        run.state.history.push(EpochRecord {
-            epoch: epoch + 1,
-            loss: sum_main / count.max(1) as f64,
-            aux: sum_aux / count.max(1) as f64,
-            images_per_sec: images as f64 / secs.max(1e-9),
-            median_step_secs: median(&mut step_secs),
-        });
-        if let Some(h) = run.state.history.last() {
-            log::info!(
-                "{}: epoch {}/{} loss {:.5} aux {:.4} {:.1} img/s, {:.0} s in total",
-                opts.name,
-                h.epoch,
-                opts.epochs,
-                h.loss,
-                h.aux,
-                h.images_per_sec,
-                run.state.train_secs
-            );
-        }
-        run.state.epoch += 1;
-        run.state.step_in_epoch = 0;
-        run.save_checkpoint()?;
-        finish_model(&mut run, false)?;
-        super::quality::write_epoch_grids(
-            &run.model,
-            data,
-            opts.kind,
-            opts.seed,
-            &out.join("samples"),
-            run.state.epoch,
+    // the whole loop on a compute pool's thread (`device::on_compute_pool`)
+    super::device::on_compute_pool(|| {
+        std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
+            action: "cannot create output directory",
+            source,
+            path: out.to_path_buf(),
+        })?;
+        let mut run = Run::new(opts, data, out, device, resume)?;
+        let options_json =
+            serde_json::to_value(opts).map_err(|e| ModelError::BadInput(e.to_string()))?;
+        write_atomic(
+            &out.join("train_config.json"),
+            serde_json::to_string_pretty(&options_json)
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
-    }
-    if !cancelled {
-        finish_model(&mut run, true)?;
-    }
-    progress.finish(&format!(
-        "{} epochs, {:.0} s",
-        run.state.epoch, run.state.train_secs
-    ));
-    Ok(TrainReport {
-        state: run.state,
-        cancelled,
-        model_dir: out.to_path_buf(),
+        let spe = run.steps_per_epoch();
+        let total = (opts.epochs * spe) as u64;
+        progress.start(&format!("training {}", opts.name), total);
+        let mut cancelled = false;
+        'epochs: while run.state.epoch < opts.epochs {
+            let epoch = run.state.epoch;
+            let order = run.epoch_order(epoch);
+            let (mut sum_main, mut sum_aux, mut count) = (0.0, 0.0, 0usize);
+            let t0 = Instant::now();
+            let mut images = 0u64;
+            let mut step_secs = Vec::with_capacity(spe);
+            while run.state.step_in_epoch < spe {
+                if cancel.is_cancelled()
+                    || opts.max_steps.is_some_and(|m| run.state.global_step >= m)
+                {
+                    cancelled = cancel.is_cancelled();
+                    run.state.train_secs += t0.elapsed().as_secs_f64();
+                    run.save_checkpoint()?;
+                    break 'epochs;
+                }
+                let s = run.state.step_in_epoch;
+                let n = order.len().max(1);
+                let batch: Vec<usize> = (0..opts.batch_size)
+                    .map(|i| {
+                        order
+                            .get((s * opts.batch_size + i) % n)
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                let ts = Instant::now();
+                let (main, aux) = run.step(&batch)?;
+                step_secs.push(ts.elapsed().as_secs_f64());
+                if !main.is_finite() {
+                    return Err(ModelError::BadInput(format!(
+                        "training diverged (loss {main}) at step {}",
+                        run.state.global_step
+                    )));
+                }
+                sum_main += main;
+                sum_aux += aux;
+                count += 1;
+                images += opts.batch_size as u64;
+                run.state.step_in_epoch += 1;
+                run.state.global_step += 1;
+                run.state.images_seen += opts.batch_size as u64;
+                let ips = images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                progress.update(
+                    (epoch * spe + run.state.step_in_epoch) as u64,
+                    &format!(
+                        "epoch {}/{} loss {main:.5} aux {aux:.4} {ips:.0} img/s",
+                        epoch + 1,
+                        opts.epochs
+                    ),
+                );
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            run.state.train_secs += secs;
+            run.state.history.push(EpochRecord {
+                epoch: epoch + 1,
+                loss: sum_main / count.max(1) as f64,
+                aux: sum_aux / count.max(1) as f64,
+                images_per_sec: images as f64 / secs.max(1e-9),
+                median_step_secs: median(&mut step_secs),
+            });
+            if let Some(h) = run.state.history.last() {
+                log::info!(
+                    "{}: epoch {}/{} loss {:.5} aux {:.4} {:.1} img/s, {:.0} s in total",
+                    opts.name,
+                    h.epoch,
+                    opts.epochs,
+                    h.loss,
+                    h.aux,
+                    h.images_per_sec,
+                    run.state.train_secs
+                );
+            }
+            run.state.epoch += 1;
+            run.state.step_in_epoch = 0;
+            run.save_checkpoint()?;
+            finish_model(&mut run, false)?;
+            super::quality::write_epoch_grids(
+                &run.model,
+                data,
+                opts.kind,
+                opts.seed,
+                &out.join("samples"),
+                run.state.epoch,
+            )?;
+        }
+        if !cancelled {
+            finish_model(&mut run, true)?;
+        }
+        progress.finish(&format!(
+            "{} epochs, {:.0} s",
+            run.state.epoch, run.state.train_secs
+        ));
+        Ok(TrainReport {
+            state: run.state,
+            cancelled,
+            model_dir: out.to_path_buf(),
+        })
     })
 }
 
