@@ -46,8 +46,8 @@ struct Consts {
 }
 
 /// The update of `w` with gradient `g` and moments `m`, `v` (equal lengths), in parallel
-/// chunks, each on AVX2 + FMA where available (the same arithmetic: no fused multiply-adds
-/// are formed, so the results match the plain loop's bit for bit).
+/// chunks, each compiled for AVX2 where available (the same arithmetic: no fused
+/// multiply-adds are formed, so the results match the plain loop's bit for bit).
 fn update(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Consts) {
     assert!(m.len() == w.len() && v.len() == w.len() && g.len() == w.len());
     w.par_chunks_mut(4096)
@@ -195,6 +195,15 @@ impl Adam {
             }
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut w: Vec<f32> = w.flatten_all()?.to_vec1()?;
+            if g.len() != w.len() || m.len() != w.len() {
+                return Err(candle_core::Error::Msg(format!(
+                    "adam: variable of {} values, gradient {} and moments {}",
+                    w.len(),
+                    g.len(),
+                    m.len()
+                ))
+                .into());
+            }
             update(&mut w, m, v, &g, consts);
             crate::model::weights::assign(var, &Tensor::from_vec(w, var.dims(), var.device())?)?;
         }
