@@ -26,7 +26,7 @@ impl Run<'_> {
         )?;
         let parts = batch_halves(n, self.model.device().is_cpu());
         let net = &self.model.net;
-        let terms = in_parallel(&parts, &|&rows| vae_terms(net, &x, &eps, rows))?;
+        let terms = in_parallel(&parts, true, &|&rows| vae_terms(net, &x, &eps, rows))?;
         let (mut rec, mut kl) = (0f64, 0f64);
         for (r, k) in &terms {
             rec += r.to_scalar::<f32>()? as f64;
@@ -187,14 +187,12 @@ pub(crate) fn discriminator_grads(
         let grads = loss.backward()?;
         Ok((loss, grads))
     };
-    let (r, f) = if parallel {
-        rayon::join(|| branch(real, true), || branch(fake, false))
-    } else {
-        (branch(real, true), branch(fake, false))
-    };
-    let ((loss_real, grads_real), (loss_fake, mut grads)) = (r?, f?);
-    grads.extend(grads_real)?;
-    Ok(((loss_real + loss_fake)?, grads))
+    let branches = [(real, true), (fake, false)];
+    let results = in_parallel(&branches, parallel, &|&(input, is_real)| {
+        branch(input, is_real)
+    })?;
+    let (losses, stores): (Vec<Tensor>, Vec<GradStore>) = results.into_iter().unzip();
+    Ok(((&losses[0] + &losses[1])?, sum_grads(stores)?))
 }
 
 /// The VAE terms of rows `[r0, r1)` of the batch `x` (noise `eps`): `(Σ (x − x̂)², Σ KL
@@ -237,7 +235,7 @@ pub(crate) fn vae_grads(
         let loss = (rec.affine(1.0 / (2.0 * gamma_sq), 0.0)? + kl)?.affine(1.0 / pixels, 0.0)?;
         Ok(loss.backward()?)
     };
-    sum_grads(in_parallel(terms, &backward)?)
+    sum_grads(in_parallel(terms, true, &backward)?)
 }
 
 /// The row ranges a training step's batch of `n` is computed in: two halves (one per
@@ -254,13 +252,15 @@ pub(crate) fn batch_halves(n: usize, parallel: bool) -> Vec<(usize, usize)> {
     }
 }
 
-/// `f` of every item, two items on two threads (`rayon::join`), otherwise in turn.
+/// `f` of every item: two items on two threads (`rayon::join`) where `parallel`, otherwise
+/// in turn.
 fn in_parallel<T: Sync, R: Send>(
     items: &[T],
+    parallel: bool,
     f: &(impl Fn(&T) -> Result<R> + Sync),
 ) -> Result<Vec<R>> {
     match items {
-        [a, b] => {
+        [a, b] if parallel => {
             let (ra, rb) = rayon::join(|| f(a), || f(b));
             Ok(vec![ra?, rb?])
         }
@@ -283,9 +283,10 @@ fn sum_grads(stores: Vec<GradStore>) -> Result<GradStore> {
 /// The DCGAN recoder's losses (latent MSE on the generator's samples of `z`, and with
 /// `image_loss` > 0 the image MSE of the real batch `x` through recoder and generator, both
 /// means over the whole batch) and their gradients, the batch split in two halves computed on
-/// one thread each where `parallel` ([`batch_halves`]). Every term is per image (the generator runs on its running statistics,
-/// the recoder has no batch norm), so each half's mean, weighted by its share of the batch,
-/// and the sum of the halves' gradient stores give the whole batch's loss and gradients.
+/// one thread each where `parallel` ([`batch_halves`]). Every term is per image (the
+/// generator runs on its running statistics, the recoder has no batch norm), so each half's
+/// mean, weighted by its share of the batch, and the sum of the halves' gradient stores give
+/// the whole batch's loss and gradients.
 /// Returns `(latent MSE, image MSE, gradients)`.
 pub(crate) fn gan_recoder_grads(
     m: &crate::model::gan::Gan,
@@ -327,22 +328,15 @@ pub(crate) fn gan_recoder_grads(
         ([(_, hz), _], nx) => vec![((0, *hz), (0, nx / 2)), ((*hz, nz), (nx / 2, nx))],
         _ => vec![((0, nz), (0, nx))],
     };
-    let mut results = in_parallel(&parts, &|&(zr, xr)| part(zr, xr))?.into_iter();
-    let (la, ia, mut grads) = results
-        .next()
-        .ok_or_else(|| crate::model::ModelError::BadInput("internal: no recoder batch".into()))?;
-    let (lb, ib) = match results.next() {
-        Some((lb, ib, gb)) => {
-            grads.extend(gb)?;
-            (Some(lb), ib)
+    let (mut latent, mut image, mut stores) = (0f64, 0f64, Vec::new());
+    for (l, i, g) in in_parallel(&parts, true, &|&(zr, xr)| part(zr, xr))? {
+        latent += l.to_scalar::<f32>()? as f64;
+        if let Some(i) = i {
+            image += i.to_scalar::<f32>()? as f64;
         }
-        None => (None, None),
-    };
-    let value = |t: Option<Tensor>| -> Result<f64> {
-        Ok(t.map_or(Ok(0.0), |t| t.to_scalar::<f32>())? as f64)
-    };
-    let latent = value(Some(la))? + value(lb)?;
-    Ok((latent, value(ia)? + value(ib)?, grads))
+        stores.push(g);
+    }
+    Ok((latent, image, sum_grads(stores)?))
 }
 
 #[cfg(test)]
